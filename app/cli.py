@@ -1,0 +1,85 @@
+"""The `modelport` command: train, import, serve, dev."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from app.config import get_settings
+
+
+def _train(args: argparse.Namespace) -> int:
+    from app.training import train_examples
+
+    model_dir = args.model_dir or get_settings().model_dir
+    for line in train_examples(model_dir, force=args.force, only=args.only or None):
+        print(line)  # noqa: T201 - CLI output
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from app.training import import_estimator
+
+    model_dir = args.model_dir or get_settings().model_dir
+    try:
+        card = import_estimator(
+            args.path, model_dir, name=args.name, version=args.version, description=args.description
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"modelport import: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    features = ", ".join(f"{f.name}:{f.dtype}" for f in card.features)
+    print(f"imported {card.name} v{card.version} ({card.task}; {features})")  # noqa: T201
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # exec, so gunicorn's master takes this PID and receives SIGTERM/SIGHUP directly.
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app.main:app"]
+    os.execv(sys.executable, argv)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    argv = [
+        sys.executable, "-m", "uvicorn", "app.main:app", "--reload",
+        "--host", settings.host, "--port", str(settings.port),
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelport", description="Serve scikit-learn models over HTTP.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="Build the bundled example models (skips those present).")
+    train.add_argument("--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models).")
+    train.add_argument("--force", action="store_true", help="Retrain and overwrite existing examples.")
+    train.add_argument("--only", nargs="*", metavar="NAME", help="Only these examples.")
+    train.set_defaults(handler=_train)
+
+    imp = commands.add_parser("import", help="Add a fitted estimator (.joblib/.pkl/.skops) to the store.")
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--name", required=True)
+    imp.add_argument("--version", type=int, help="Version number (default: next free).")
+    imp.add_argument("--description", default="")
+    imp.add_argument("--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models).")
+    imp.set_defaults(handler=_import)
+
+    serve = commands.add_parser("serve", help="Run gunicorn with uvicorn workers (settings from MODELPORT_*).")
+    serve.set_defaults(handler=_serve)
+    dev = commands.add_parser("dev", help="Run uvicorn with --reload for development.")
+    dev.set_defaults(handler=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Service settings: one object, read from `MODELPORT_*` environment variables (or `.env`)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _parse_origins(value: Any) -> Any:
+    """Accept a comma-separated string (handy in env vars) as well as a list."""
+    if isinstance(value, str):
+        return [origin.strip() for origin in value.split(",") if origin.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MODELPORT_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    model_dir: Path = Field(default=Path("models"), description="Model store root.")
+    host: str = Field(default="127.0.0.1", description="Address gunicorn binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port gunicorn binds to.")
+    workers: int = Field(default=2, ge=1, description="gunicorn worker processes.")
+    worker_timeout: int = Field(
+        default=60,
+        ge=1,
+        description="Seconds a silent worker may block before gunicorn restarts it.",
+    )
+    graceful_timeout: int = Field(
+        default=30,
+        ge=1,
+        description="Seconds workers get to finish in-flight requests on shutdown.",
+    )
+    keepalive: int = Field(
+        default=5, ge=0, description="Seconds to hold idle keep-alive connections."
+    )
+    max_rows: int = Field(
+        default=10_000, ge=1, description="Most rows one prediction request may carry."
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="Largest JSON request body accepted, in bytes.",
+    )
+    cors_origins: Annotated[list[str], NoDecode, BeforeValidator(_parse_origins)] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (comma-separated). Credentials are allowed, so never '*'.",
+    )
+    docs_enabled: bool = Field(default=True, description="Serve /docs, /redoc and /openapi.json.")
+    skops_trusted_types: Annotated[list[str], NoDecode, BeforeValidator(_parse_origins)] = Field(
+        default_factory=list,
+        description="Extra types trusted when loading .skops artifacts (comma-separated).",
+    )
+    log_level: str = Field(default="info", description="gunicorn/uvicorn log level.")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_with_credentials(cls, origins: list[str]) -> list[str]:
+        # Cookies route canary traffic, so CORS allows credentials; a wildcard with
+        # credentials would let any site read responses on a user's behalf.
+        if "*" in origins:
+            raise ValueError("'*' is not allowed: list explicit origins (credentials are enabled)")
+        return origins
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,165 @@
+"""Offline API docs and the per-model OpenAPI document.
+
+Swagger UI and ReDoc load every asset from the app itself (the files ship inside the
+fastapi-offline wheel), so `/docs` works with no internet. The OpenAPI document adds, for each
+served model, an operation on its concrete path (`/models/iris/predict`) whose request schema is
+generated from the model's card: its feature names, types, bounds and a valid example.
+"""
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import fastapi_offline
+from fastapi import FastAPI
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.inference import LoadedModel
+from app.registry import ModelRegistry
+
+DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS_URL = "/static/docs"
+GENERIC_PREDICT_PATH = "/models/{model_name}/predict"
+
+TAGS = [
+    {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "models", "description": "The model catalogue: cards, versions, traffic splits."},
+    {
+        "name": "predict",
+        "description": "Predict with any model by name. Each model's own typed operation is listed under its tag below.",
+    },
+]
+
+
+def install_docs(app: FastAPI) -> None:
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+    favicon = f"{DOCS_ASSETS_URL}/favicon.png"
+    oauth2_redirect_url = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=oauth2_redirect_url,
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=favicon,
+            swagger_ui_parameters={"displayRequestDuration": True, "tryItOutEnabled": True},
+        )
+
+    @app.get(oauth2_redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=str(app.openapi_url),
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )
+
+
+def install_openapi(app: FastAPI, registry: ModelRegistry) -> None:
+    """Replace `app.openapi` with a builder that adds each served model's typed operation.
+
+    The document is cached per registry generation, so a store reload refreshes the docs.
+    """
+    cache: dict[int, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        generation = registry.generation
+        if generation not in cache:
+            cache.clear()
+            cache[generation] = build_openapi(app, registry)
+        return cache[generation]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+        tags=TAGS,
+    )
+    generic = document["paths"].get(GENERIC_PREDICT_PATH, {}).get("post")
+    if generic is None:
+        return document
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for entry in sorted(registry.entries(), key=lambda e: e.name):
+        if entry.default_version is None:
+            continue
+        model = entry.versions[entry.default_version]
+        tag = f"model: {entry.name}"
+        document["tags"].append({"name": tag, "description": model.card.description})
+        path = GENERIC_PREDICT_PATH.replace("{model_name}", entry.name)
+        document["paths"][path] = {"post": _model_operation(generic, model, tag, schemas)}
+    return document
+
+
+def _model_operation(
+    generic: dict[str, Any], model: LoadedModel, tag: str, schemas: dict[str, Any]
+) -> dict[str, Any]:
+    request_schema = model.inputs.json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(request_schema.pop("$defs", {}))
+    request_name = f"{model.inputs.prefix}PredictionRequest"
+    schemas[request_name] = request_schema
+    operation = copy.deepcopy(generic)
+    operation["parameters"] = [
+        p for p in operation.get("parameters", []) if p.get("name") != "model_name"
+    ]
+    if not operation["parameters"]:
+        del operation["parameters"]
+    operation["tags"] = [tag]
+    operation["operationId"] = f"model-{model.name}-predict"
+    operation["summary"] = f"Predict with {model.name}"
+    operation["description"] = _describe(model)
+    operation["requestBody"] = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": f"#/components/schemas/{request_name}"},
+                "example": model.inputs.example,
+            }
+        },
+    }
+    return operation
+
+
+def _describe(model: LoadedModel) -> str:
+    card = model.card
+    lines = [
+        f"{card.description}",
+        "",
+        f"Default version: **{card.version}** ({card.task}). Send rows as objects keyed by feature"
+        " name, or as arrays in this order:",
+        "",
+        "| feature | type | allowed | description |",
+        "|---|---|---|---|",
+    ]
+    for feature in card.features:
+        if feature.categories:
+            allowed = ", ".join(feature.categories)
+        else:
+            low = "" if feature.minimum is None else f"≥ {feature.minimum:g}"
+            high = "" if feature.maximum is None else f"≤ {feature.maximum:g}"
+            allowed = " ".join(part for part in (low, high) if part) or "any finite number"
+        lines.append(f"| `{feature.name}` | {feature.dtype} | {allowed} | {feature.description} |")
+    if card.metrics:
+        metrics = ", ".join(f"{key} {value:g}" for key, value in card.metrics.items())
+        lines += ["", f"Held-out metrics: {metrics}."]
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""The inference core: from request bytes (or Python rows) to predictions, free of FastAPI.
+
+Every surface (JSON, and later file, form and v2) goes through `InputSchema.validate_*` and
+`predict`, so validation rules and prediction behaviour are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, cast
+
+import numpy as np
+import pandas as pd
+from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from app.errors import InferenceError, InvalidInput, MalformedBody, PayloadTooLarge, clean_errors
+from schemas.cards import FeatureSpec, FeatureValue, ModelCard
+from schemas.predict import ClassPrediction, PredictionResponse, ValuePrediction
+
+# Strict: no "1" for 1, no true for 1.0, no null; finite floats only (NaN, ±inf and overflowing
+# numbers such as 1e999 are rejected while parsing); unknown keys are errors, not ignored.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+# Integers beyond 2**53 cannot be held exactly by the float64 matrices models receive.
+_INT_LIMIT = 2**53
+_INSTANCE_SHAPE_ERROR = (
+    "Each instance must be an object keyed by feature name or an array in feature order"
+)
+
+Row = tuple[FeatureValue, ...]
+
+
+def _instance_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "record"
+    if isinstance(value, list | tuple):
+        return "row"
+    return None
+
+
+def _feature_type(feature: FeatureSpec) -> Any:
+    description = feature.description
+    if feature.observed_min is not None and feature.observed_max is not None:
+        description = f"{description} (seen in training: {feature.observed_min:g} to {feature.observed_max:g})".strip()
+    common: dict[str, Any] = {"description": description or None}
+    if feature.dtype == "category":
+        assert feature.categories is not None
+        return Annotated[Literal[tuple(feature.categories)], Field(**common)]
+    if feature.dtype == "int":
+        low = (
+            max(-_INT_LIMIT, math.ceil(feature.minimum))
+            if feature.minimum is not None
+            else -_INT_LIMIT
+        )
+        high = (
+            min(_INT_LIMIT, math.floor(feature.maximum))
+            if feature.maximum is not None
+            else _INT_LIMIT
+        )
+        return Annotated[int, Field(ge=low, le=high, **common)]
+    return Annotated[float, Field(ge=feature.minimum, le=feature.maximum, **common)]
+
+
+def _strict_typed_dict(name: str, fields: dict[str, Any]) -> Any:
+    # The functional form, because feature names need not be Python identifiers ("mean radius").
+    make: Any = TypedDict
+    typed = make(name, fields)
+    typed.__pydantic_config__ = _STRICT
+    return typed
+
+
+def _schema_prefix(card: ModelCard) -> str:
+    words = re.split(r"[^a-zA-Z0-9]+", card.name)
+    return "".join(word.capitalize() for word in words if word) + f"V{card.version}"
+
+
+class InputSchema:
+    """A model's request schema, generated from its card: validates rows and builds model input."""
+
+    def __init__(self, card: ModelCard, *, max_rows: int, wants_frame: bool) -> None:
+        self.card = card
+        self.max_rows = max_rows
+        self.wants_frame = wants_frame
+        self.feature_names = [feature.name for feature in card.features]
+        self.prefix = _schema_prefix(card)
+        types = [_feature_type(feature) for feature in card.features]
+        # Types built at run time from the card, so they are `Any` to mypy.
+        record = _strict_typed_dict(
+            f"{self.prefix}Record", dict(zip(self.feature_names, types, strict=True))
+        )
+        row: Any = tuple.__class_getitem__(tuple(types))  # tuple[t1, t2, ...], in feature order
+        instance: Any = Annotated[
+            Annotated[record, Tag("record")] | Annotated[row, Tag("row")],
+            Discriminator(
+                _instance_kind,
+                custom_error_type="instance_type",
+                custom_error_message=_INSTANCE_SHAPE_ERROR,
+            ),
+        ]
+        instances: Any = Annotated[list[instance], Field(min_length=1, max_length=max_rows)]
+        request = _strict_typed_dict(f"{self.prefix}PredictionRequest", {"instances": instances})
+        self._adapter: TypeAdapter[dict[str, list[Any]]] = TypeAdapter(request)
+        self._rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(instances)
+        self.example = self._example()
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate_json(self, body: bytes) -> list[Row]:
+        """Parse and validate a `{"instances": [...]}` body in one pass, straight from bytes."""
+        try:
+            parsed = self._adapter.validate_json(body)
+        except ValidationError as exc:
+            raise self._translate(exc, prefix=()) from exc
+        return self._ordered(parsed["instances"])
+
+    def validate_rows(
+        self, rows: Sequence[Any], *, loc: tuple[str, ...] = ("instances",)
+    ) -> list[Row]:
+        """Validate rows that another surface (file, form, tensor) has already decoded."""
+        try:
+            parsed = self._rows_adapter.validate_python(rows)
+        except ValidationError as exc:
+            raise self._translate(exc, prefix=loc) from exc
+        return self._ordered(parsed)
+
+    def _translate(self, exc: ValidationError, *, prefix: tuple[str, ...]) -> Exception:
+        errors = exc.errors(include_url=False)
+        if any(error["type"] == "json_invalid" for error in errors):
+            messages = "; ".join(
+                error["msg"] for error in errors if error["type"] == "json_invalid"
+            )
+            return MalformedBody(f"Request body is not valid JSON: {messages}")
+        for error in errors:
+            if error["type"] == "too_long" and tuple(error["loc"]) in {("instances",), ()}:
+                return PayloadTooLarge(f"Too many rows: at most {self.max_rows} per request")
+        cleaned = clean_errors(errors)
+        for issue in cleaned:
+            issue["loc"] = [*prefix, *issue["loc"]]
+        return InvalidInput(cleaned)
+
+    def _ordered(self, instances: list[Any]) -> list[Row]:
+        names = self.feature_names
+        return [
+            tuple(item[name] for name in names) if isinstance(item, dict) else item
+            for item in instances
+        ]
+
+    # -- model input --------------------------------------------------------------------------
+    def to_model_input(self, rows: list[Row]) -> np.ndarray[Any, Any] | pd.DataFrame:
+        """Arrays for models trained on arrays; DataFrames with the fitted column names for models
+        trained on DataFrames (so neither kind sees sklearn's feature-name warning)."""
+        features = self.card.features
+        if self.wants_frame:
+            columns = list(zip(*rows, strict=True))
+            data = {
+                feature.name: np.asarray(column, dtype=_numpy_dtype(feature))
+                for feature, column in zip(features, columns, strict=True)
+            }
+            return pd.DataFrame(data)
+        if all(feature.dtype != "category" for feature in features):
+            return np.asarray(rows, dtype=np.float64)
+        return np.asarray(rows, dtype=object)
+
+    # -- documentation ------------------------------------------------------------------------
+    def json_schema(self, ref_template: str) -> dict[str, Any]:
+        return self._adapter.json_schema(ref_template=ref_template)
+
+    def _example(self) -> dict[str, Any]:
+        if self.card.example is not None:
+            row = list(self.card.example)
+        else:
+            row = [_default_value(feature) for feature in self.card.features]
+        return {"instances": [dict(zip(self.feature_names, row, strict=True))]}
+
+
+def _numpy_dtype(feature: FeatureSpec) -> Any:
+    return {"float": np.float64, "int": np.int64, "category": object}[feature.dtype]
+
+
+def _default_value(feature: FeatureSpec) -> FeatureValue:
+    if feature.categories:
+        return feature.categories[0]
+    candidates = [feature.observed_min, feature.minimum, 0.0, feature.maximum]
+    value = next(c for c in candidates if c is not None and _within(feature, c))
+    return int(math.ceil(value)) if feature.dtype == "int" else float(value)
+
+
+def _within(feature: FeatureSpec, value: float) -> bool:
+    return (feature.minimum is None or value >= feature.minimum) and (
+        feature.maximum is None or value <= feature.maximum
+    )
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model version in memory: its card, the fitted estimator and its input schema."""
+
+    card: ModelCard
+    estimator: Any
+    inputs: InputSchema = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> int:
+        return self.card.version
+
+
+def predict(model: LoadedModel, rows: list[Row]) -> PredictionResponse:
+    """Run the model on validated rows. CPU-bound: call it off the event loop."""
+    features = model.inputs.to_model_input(rows)
+    estimator = model.estimator
+    try:
+        raw = estimator.predict(features)
+        proba = (
+            estimator.predict_proba(features)
+            if model.card.task == "classification" and hasattr(estimator, "predict_proba")
+            else None
+        )
+    except Exception as exc:
+        raise InferenceError(
+            f"Model {model.name} v{model.version} failed: {type(exc).__name__}: {exc}"[:500]
+        ) from exc
+    predictions: list[ClassPrediction] | list[ValuePrediction]
+    if model.card.task == "classification":
+        predictions = _class_predictions(model, raw, proba)
+    else:
+        values = np.asarray(raw, dtype=np.float64).reshape(len(rows))
+        if not np.isfinite(values).all():
+            raise InferenceError(f"Model {model.name} v{model.version} produced a non-finite value")
+        predictions = [ValuePrediction(value=value) for value in values.tolist()]
+    return PredictionResponse(
+        model_name=model.name, model_version=model.version, predictions=predictions
+    )
+
+
+def _class_predictions(model: LoadedModel, raw: Any, proba: Any) -> list[ClassPrediction]:
+    labels = cast(list[Any], np.asarray(raw).tolist())
+    if proba is None:
+        return [ClassPrediction(label=label) for label in labels]
+    matrix = np.asarray(proba, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        raise InferenceError(
+            f"Model {model.name} v{model.version} produced a non-finite probability"
+        )
+    keys = [str(label) for label in np.asarray(model.estimator.classes_).tolist()]
+    return [
+        ClassPrediction(label=label, probabilities=dict(zip(keys, row, strict=True)))
+        for label, row in zip(labels, matrix.tolist(), strict=True)
+    ]

@@ -1,0 +1,73 @@
+"""The application factory and lifespan. `app = create_app()` is the ASGI entrypoint."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+
+from app.config import Settings, get_settings
+from app.docs import install_docs, install_openapi
+from app.errors import add_exception_handlers
+from app.registry import ModelRegistry
+from routers import health, models, predict
+
+logger = logging.getLogger("modelport")
+
+
+class State(TypedDict):
+    registry: ModelRegistry
+
+
+def _operation_id(route: APIRoute) -> str:
+    tag = str(route.tags[0]) if route.tags else "default"
+    return f"{tag}-{route.name}"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    registry = ModelRegistry(
+        settings.model_dir, max_rows=settings.max_rows, trusted_types=settings.skops_trusted_types
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        # Every model is loaded before the first request; a broken one is reported, not fatal.
+        registry.load()
+        yield {"registry": registry}
+        registry.clear()
+
+    app = FastAPI(
+        title="modelport",
+        summary="Serve scikit-learn models over HTTP.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served from local assets by install_docs
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    add_exception_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(predict.router)
+    if settings.docs_enabled:
+        install_docs(app)
+        install_openapi(app, registry)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,272 @@
+"""The model store and the registry that serves it.
+
+Layout (like Triton's model repository):
+
+    models/<name>/<version>/card.json      the model card (schemas.cards.ModelCard)
+    models/<name>/<version>/model.joblib   or model.skops, whose SHA-256 the card records
+    models/<name>/traffic.json             optional canary split, e.g. {"weights": {"1": 90, "2": 10}}
+
+A version whose card or artifact is missing, invalid, or does not match is refused: it is
+listed as unavailable (and `/readyz` says so) while every other model keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from pydantic import ValidationError
+
+from app.errors import ModelNotFound, ModelUnavailable
+from app.inference import InputSchema, LoadedModel
+from schemas.cards import MODEL_NAME_PATTERN, ModelCard, TrafficSplit
+
+logger = logging.getLogger("modelport.registry")
+
+CARD_FILE = "card.json"
+TRAFFIC_FILE = "traffic.json"
+
+
+class ArtifactRefused(Exception):
+    """Why one model version cannot be served."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_card(version_dir: Path) -> ModelCard:
+    card_path = version_dir / CARD_FILE
+    try:
+        return ModelCard.model_validate_json(card_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ArtifactRefused(f"no {CARD_FILE}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ArtifactRefused(f"invalid {CARD_FILE}: {problems}") from exc
+
+
+def load_estimator(path: Path, *, trusted_types: list[str]) -> Any:
+    """Load an artifact. `.skops` files go through skops' trusted-types check: a file naming a
+    type that is neither a skops default nor in `trusted_types` is refused, never executed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if path.suffix == ".skops":
+            import skops.io
+
+            untrusted = skops.io.get_untrusted_types(file=path)
+            refused = sorted(set(untrusted) - set(trusted_types))
+            if refused:
+                raise ArtifactRefused(f"skops artifact names untrusted types: {', '.join(refused)}")
+            estimator = skops.io.load(path, trusted=untrusted)
+        else:
+            estimator = joblib.load(path)
+    for warning in caught:
+        logger.warning("loading %s: %s", path, warning.message)
+    return estimator
+
+
+def check_against_card(estimator: Any, card: ModelCard) -> None:
+    if not callable(getattr(estimator, "predict", None)):
+        raise ArtifactRefused("artifact has no predict method")
+    names = [feature.name for feature in card.features]
+    n_features = getattr(estimator, "n_features_in_", None)
+    if n_features is not None and n_features != len(names):
+        raise ArtifactRefused(f"model expects {n_features} features, card lists {len(names)}")
+    fitted_names = getattr(estimator, "feature_names_in_", None)
+    if fitted_names is not None and sorted(map(str, fitted_names)) != sorted(names):
+        raise ArtifactRefused("card feature names differ from the model's feature_names_in_")
+    if card.task == "classification":
+        classes = getattr(estimator, "classes_", None)
+        if classes is None:
+            raise ArtifactRefused("a classification card, but the model has no classes_")
+        assert card.target.classes is not None
+        if [str(c) for c in np.asarray(classes).tolist()] != [str(c) for c in card.target.classes]:
+            raise ArtifactRefused("card target.classes differ from the model's classes_")
+
+
+def load_version(
+    version_dir: Path, *, name: str, version: int, max_rows: int, trusted_types: list[str]
+) -> LoadedModel:
+    card = read_card(version_dir)
+    if card.name != name or card.version != version:
+        raise ArtifactRefused(
+            f"card says {card.name} v{card.version}, but it sits in {name}/{version}"
+        )
+    artifact = version_dir / card.artifact
+    if not artifact.is_file():
+        raise ArtifactRefused(f"no {card.artifact}")
+    actual = sha256_of(artifact)
+    if actual != card.sha256:
+        raise ArtifactRefused(
+            f"SHA-256 mismatch: card records {card.sha256[:12]}…, {card.artifact} is {actual[:12]}…"
+        )
+    try:
+        estimator = load_estimator(artifact, trusted_types=trusted_types)
+    except ArtifactRefused:
+        raise
+    except Exception as exc:
+        raise ArtifactRefused(f"cannot load {card.artifact}: {type(exc).__name__}: {exc}") from exc
+    check_against_card(estimator, card)
+    wants_frame = getattr(estimator, "feature_names_in_", None) is not None
+    inputs = InputSchema(card, max_rows=max_rows, wants_frame=wants_frame)
+    return LoadedModel(card=card, estimator=estimator, inputs=inputs)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """Every version of one model name found in the store."""
+
+    name: str
+    versions: dict[int, LoadedModel] = field(default_factory=dict)
+    unavailable: dict[int, str] = field(default_factory=dict)
+    traffic: TrafficSplit | None = None
+
+    @property
+    def default_version(self) -> int | None:
+        """The version served when none is pinned: the heaviest in the traffic split, else the newest."""
+        if not self.versions:
+            return None
+        if self.traffic is not None:
+            weighted = [(w, v) for v, w in self.traffic.weights.items() if v in self.versions]
+            if weighted:
+                return max(weighted)[1]
+        return max(self.versions)
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    entries: dict[str, ModelEntry]
+    problems: dict[str, str]  # "name/version" (or a path) -> why it is not served
+
+
+def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> StoreSnapshot:
+    if not model_dir.is_dir():
+        return StoreSnapshot(
+            entries={}, problems={str(model_dir): "model store directory does not exist"}
+        )
+    entries: dict[str, ModelEntry] = {}
+    problems: dict[str, str] = {}
+    for model_path in sorted(
+        p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ):
+        name = model_path.name
+        if not re.fullmatch(MODEL_NAME_PATTERN, name):
+            problems[name] = f"invalid model name (must match {MODEL_NAME_PATTERN})"
+            continue
+        entry = ModelEntry(name=name)
+        for version_path in sorted(p for p in model_path.iterdir() if p.is_dir()):
+            if not version_path.name.isdigit() or int(version_path.name) < 1:
+                logger.warning("ignoring %s: version folders are positive integers", version_path)
+                continue
+            version = int(version_path.name)
+            try:
+                entry.versions[version] = load_version(
+                    version_path,
+                    name=name,
+                    version=version,
+                    max_rows=max_rows,
+                    trusted_types=trusted_types,
+                )
+            except ArtifactRefused as exc:
+                entry.unavailable[version] = str(exc)
+                problems[f"{name}/{version}"] = str(exc)
+        traffic_path = model_path / TRAFFIC_FILE
+        if traffic_path.is_file():
+            try:
+                traffic = TrafficSplit.model_validate_json(traffic_path.read_bytes())
+            except ValidationError as exc:
+                problems[f"{name}/{TRAFFIC_FILE}"] = f"invalid: {exc.errors()[0]['msg']}"
+            else:
+                missing = sorted(set(traffic.weights) - set(entry.versions))
+                if missing:
+                    problems[f"{name}/{TRAFFIC_FILE}"] = (
+                        f"names versions not being served: {missing}"
+                    )
+                entry = ModelEntry(name, entry.versions, entry.unavailable, traffic)
+        if entry.versions or entry.unavailable:
+            entries[name] = entry
+    return StoreSnapshot(entries=entries, problems=problems)
+
+
+class ModelRegistry:
+    """Holds the loaded store and answers lookups. `load()` builds a new snapshot and swaps it in
+    whole, so a reload never exposes a half-loaded store to requests in flight."""
+
+    def __init__(
+        self, model_dir: Path, *, max_rows: int, trusted_types: list[str] | None = None
+    ) -> None:
+        self.model_dir = model_dir
+        self.max_rows = max_rows
+        self.trusted_types = list(trusted_types or [])
+        self._snapshot = StoreSnapshot(entries={}, problems={"store": "not loaded yet"})
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def load(self) -> StoreSnapshot:
+        snapshot = scan_store(
+            self.model_dir, max_rows=self.max_rows, trusted_types=self.trusted_types
+        )
+        with self._lock:
+            self._snapshot = snapshot
+            self.generation += 1
+        for entry in snapshot.entries.values():
+            for version in sorted(entry.versions):
+                logger.info("loaded model %s v%d", entry.name, version)
+        for where, reason in snapshot.problems.items():
+            logger.error("refused %s: %s", where, reason)
+        return snapshot
+
+    def clear(self) -> None:
+        with self._lock:
+            self._snapshot = StoreSnapshot(entries={}, problems={"store": "not loaded"})
+
+    @property
+    def problems(self) -> dict[str, str]:
+        return dict(self._snapshot.problems)
+
+    @property
+    def ready(self) -> bool:
+        snapshot = self._snapshot
+        return not snapshot.problems and any(entry.versions for entry in snapshot.entries.values())
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._snapshot.entries.values())
+
+    def entry(self, name: str) -> ModelEntry:
+        found = self._snapshot.entries.get(name)
+        if found is None:
+            raise ModelNotFound(f"Model {name!r} not found")
+        return found
+
+    def get(self, name: str, version: int | None = None) -> LoadedModel:
+        entry = self.entry(name)
+        if version is None:
+            version = entry.default_version
+            if version is None:
+                raise ModelUnavailable(
+                    f"Model {name!r} has no loadable version: {entry.unavailable}"
+                )
+        model = entry.versions.get(version)
+        if model is not None:
+            return model
+        if version in entry.unavailable:
+            raise ModelUnavailable(
+                f"Model {name!r} version {version} is unavailable: {entry.unavailable[version]}"
+            )
+        raise ModelNotFound(f"Model {name!r} has no version {version}")
+
+    def loaded_models(self) -> list[LoadedModel]:
+        return [model for entry in self.entries() for model in entry.versions.values()]

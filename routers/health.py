@@ -1,0 +1,30 @@
+from fastapi import APIRouter
+
+from app.dependencies import RegistryDep
+from app.errors import NotReady
+from schemas.errors import ErrorResponse
+from schemas.health import HealthStatus, ReadinessStatus
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def liveness() -> HealthStatus:
+    """Liveness: the process answers. Does no model work."""
+    return HealthStatus()
+
+
+@router.get(
+    "/readyz",
+    responses={
+        503: {"model": ErrorResponse, "description": "Not ready: names what is unavailable."}
+    },
+)
+async def readiness(registry: RegistryDep) -> ReadinessStatus:
+    """Readiness: 200 when every model in the store loaded, else 503 naming what did not."""
+    loaded = len(registry.loaded_models())
+    if registry.ready:
+        return ReadinessStatus(status="ready", models=loaded)
+    problems = registry.problems or {"store": "no models in the store"}
+    body = ReadinessStatus(status="not ready", models=loaded, unavailable=problems)
+    raise NotReady(body.model_dump())

@@ -1,0 +1,79 @@
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from app.dependencies import ModelName, ModelVersion, RegistryDep
+from schemas.cards import ModelCard
+from schemas.errors import ErrorResponse
+from schemas.models import ModelInfo, ModelList, ModelSummary
+
+router = APIRouter(
+    prefix="/models",
+    tags=["models"],
+    responses={
+        404: {"model": ErrorResponse, "description": "Unknown model or version."},
+        422: {"model": ErrorResponse, "description": "Invalid parameters."},
+    },
+)
+
+
+@router.get("")
+async def list_models(
+    registry: RegistryDep,
+    search: Annotated[
+        str | None,
+        Query(max_length=100, description="Case-insensitive substring of name or description."),
+    ] = None,
+    task: Annotated[Literal["classification", "regression"] | None, Query()] = None,
+) -> ModelList:
+    """List the models in the store."""
+    needle = (search or "").casefold()
+    data = []
+    for entry in sorted(registry.entries(), key=lambda e: e.name):
+        default = entry.default_version
+        card = entry.versions[default].card if default is not None else None
+        description = card.description if card else ""
+        if needle and needle not in entry.name.casefold() and needle not in description.casefold():
+            continue
+        if task and (card is None or card.task != task):
+            continue
+        data.append(
+            ModelSummary(
+                name=entry.name,
+                task=card.task if card else "unknown",
+                description=description,
+                input_kind=card.input_kind if card else "unknown",
+                default_version=default,
+                versions=sorted(entry.versions),
+            )
+        )
+    return ModelList(data=data, count=len(data))
+
+
+@router.get(
+    "/{model_name}",
+    responses={503: {"model": ErrorResponse, "description": "No loadable version."}},
+)
+async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
+    """The default version's card, every version, and the traffic split."""
+    entry = registry.entry(model_name)
+    default = registry.get(model_name)
+    return ModelInfo(
+        name=entry.name,
+        default_version=default.version,
+        versions=sorted(entry.versions),
+        unavailable_versions=entry.unavailable,
+        traffic=entry.traffic.weights if entry.traffic else None,
+        card=default.card,
+    )
+
+
+@router.get(
+    "/{model_name}/versions/{version}",
+    responses={503: {"model": ErrorResponse, "description": "That version could not be loaded."}},
+)
+async def read_model_version(
+    model_name: ModelName, version: ModelVersion, registry: RegistryDep
+) -> ModelCard:
+    """One version's card."""
+    return registry.get(model_name, version).card

@@ -1,0 +1,49 @@
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from app.dependencies import JsonBody, ModelDep, ModelVersionDep
+from app.inference import LoadedModel, predict
+from schemas.errors import ErrorResponse
+from schemas.predict import PredictionRequest, PredictionResponse
+
+router = APIRouter(
+    prefix="/models",
+    tags=["predict"],
+    responses={
+        400: {"model": ErrorResponse, "description": "Body is not valid JSON (or not UTF-8)."},
+        404: {"model": ErrorResponse, "description": "Unknown model or version."},
+        413: {"model": ErrorResponse, "description": "Body or row count over the limit."},
+        415: {"model": ErrorResponse, "description": "Body is not JSON."},
+        422: {"model": ErrorResponse, "description": "Rows fail the model's schema."},
+        500: {"model": ErrorResponse, "description": "The model failed on valid input."},
+        503: {"model": ErrorResponse, "description": "Model could not be loaded."},
+    },
+)
+
+# The body is read raw and validated by the model's own schema (built from its card), so the
+# generic shape is declared here for the docs only.
+_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": PredictionRequest.model_json_schema()}},
+    }
+}
+
+
+def _validate_and_predict(model: LoadedModel, body: bytes) -> PredictionResponse:
+    return predict(model, model.inputs.validate_json(body))
+
+
+@router.post("/{model_name}/predict", openapi_extra=_REQUEST_BODY)
+async def predict_default(model: ModelDep, body: JsonBody) -> PredictionResponse:
+    """Predict with the model's default version."""
+    # Parsing, validation and predict are CPU-bound: keep them off the event loop.
+    return await run_in_threadpool(_validate_and_predict, model, body)
+
+
+@router.post("/{model_name}/versions/{version}/predict", openapi_extra=_REQUEST_BODY)
+async def predict_version(model: ModelVersionDep, body: JsonBody) -> PredictionResponse:
+    """Predict with a pinned version."""
+    return await run_in_threadpool(_validate_and_predict, model, body)

@@ -1,0 +1,30 @@
+from pydantic import BaseModel, Field
+
+from schemas.cards import ModelCard
+
+
+class ModelSummary(BaseModel):
+    name: str
+    task: str
+    description: str
+    input_kind: str
+    default_version: int | None = Field(description="Version served when none is pinned.")
+    versions: list[int]
+
+
+class ModelList(BaseModel):
+    data: list[ModelSummary]
+    count: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default_version: int
+    versions: list[int] = Field(description="Versions loaded and serving.")
+    unavailable_versions: dict[int, str] = Field(
+        default_factory=dict, description="Versions refused at load, with the reason."
+    )
+    traffic: dict[int, float] | None = Field(
+        default=None, description="Share of unpinned traffic per version (a canary split), if set."
+    )
+    card: ModelCard = Field(description="Card of the default version.")

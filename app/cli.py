@@ -14,7 +14,12 @@ def _train(args: argparse.Namespace) -> int:
     from app.training import train_examples
 
     model_dir = args.model_dir or get_settings().model_dir
-    for line in train_examples(model_dir, force=args.force, only=args.only or None):
+    try:
+        lines = train_examples(model_dir, force=args.force, only=args.only or None)
+    except ValueError as exc:
+        print(f"modelport train: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    for line in lines:
         print(line)  # noqa: T201 - CLI output
     return 0
 
@@ -51,24 +56,38 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelport", description="Serve scikit-learn models over HTTP.")
+    parser = argparse.ArgumentParser(
+        prog="modelport", description="Serve scikit-learn models over HTTP."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="Build the bundled example models (skips those present).")
-    train.add_argument("--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models).")
-    train.add_argument("--force", action="store_true", help="Retrain and overwrite existing examples.")
+    train = commands.add_parser(
+        "train", help="Build the bundled example models (skips those present)."
+    )
+    train.add_argument(
+        "--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models)."
+    )
+    train.add_argument(
+        "--force", action="store_true", help="Retrain and overwrite existing examples."
+    )
     train.add_argument("--only", nargs="*", metavar="NAME", help="Only these examples.")
     train.set_defaults(handler=_train)
 
-    imp = commands.add_parser("import", help="Add a fitted estimator (.joblib/.pkl/.skops) to the store.")
+    imp = commands.add_parser(
+        "import", help="Add a fitted estimator (.joblib/.pkl/.skops) to the store."
+    )
     imp.add_argument("path", type=Path)
     imp.add_argument("--name", required=True)
     imp.add_argument("--version", type=int, help="Version number (default: next free).")
     imp.add_argument("--description", default="")
-    imp.add_argument("--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models).")
+    imp.add_argument(
+        "--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models)."
+    )
     imp.set_defaults(handler=_import)
 
-    serve = commands.add_parser("serve", help="Run gunicorn with uvicorn workers (settings from MODELPORT_*).")
+    serve = commands.add_parser(
+        "serve", help="Run gunicorn with uvicorn workers (settings from MODELPORT_*)."
+    )
     serve.set_defaults(handler=_serve)
     dev = commands.add_parser("dev", help="Run uvicorn with --reload for development.")
     dev.set_defaults(handler=_dev)

@@ -1,21 +1,11 @@
-"""One error envelope for the whole friendly API: `{"error": "<Kind>", "detail": ...}`.
+"""The service's errors. The core raises these (never `HTTPException`); `app.error_handlers`
+turns them into the one envelope `{"error": "<Kind>", "detail": ...}`.
 
-The core raises `ServiceError` subclasses (never `HTTPException`); the handlers installed by
-`add_exception_handlers` turn them, FastAPI's validation errors and Starlette's HTTP errors into
-the envelope, so no client ever sees a bare `{"detail"}` body or a traceback.
+Kept free of FastAPI so the inference core and the CLI can use it.
 """
 
-import logging
 from collections.abc import Sequence
-from http import HTTPStatus
 from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-logger = logging.getLogger("modelport")
 
 
 class ServiceError(Exception):
@@ -84,54 +74,3 @@ def clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
         }
         for error in errors
     ]
-
-
-def error_response(status_code: int, kind: str, detail: Any) -> JSONResponse:
-    return JSONResponse(status_code=status_code, content={"error": kind, "detail": detail})
-
-
-def _kind_for_status(status_code: int) -> str:
-    try:
-        return HTTPStatus(status_code).phrase.replace(" ", "").replace("-", "")
-    except ValueError:
-        return "HTTPError"
-
-
-async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    if exc.status_code >= 500:
-        logger.error(
-            "%s on %s %s: %s",
-            exc.kind,
-            request.method,
-            request.url.path,
-            exc.detail,
-            exc_info=exc.__cause__,
-        )
-    return error_response(exc.status_code, exc.kind, exc.detail)
-
-
-async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(422, InvalidInput.__name__, clean_errors(exc.errors()))
-
-
-async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    response = error_response(exc.status_code, _kind_for_status(exc.status_code), exc.detail)
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
-
-
-async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    # Last resort: log the traceback server-side, answer with the envelope and nothing more.
-    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "InternalServerError", "internal server error")
-
-
-def add_exception_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error_handler)
-    app.add_exception_handler(RequestValidationError, _validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
-    app.add_exception_handler(Exception, _unhandled_error_handler)

@@ -80,10 +80,13 @@ def _schema_prefix(card: ModelCard) -> str:
 class InputSchema:
     """A model's request schema, generated from its card: validates rows and builds model input."""
 
-    def __init__(self, card: ModelCard, *, max_rows: int, wants_frame: bool) -> None:
+    def __init__(
+        self, card: ModelCard, *, max_rows: int, frame_columns: list[str] | None = None
+    ) -> None:
+        """`frame_columns`: the model's `feature_names_in_` when it was fitted on a DataFrame."""
         self.card = card
         self.max_rows = max_rows
-        self.wants_frame = wants_frame
+        self.frame_columns = frame_columns
         self.feature_names = [feature.name for feature in card.features]
         self.prefix = _schema_prefix(card)
         types = [_feature_type(feature) for feature in card.features]
@@ -152,13 +155,13 @@ class InputSchema:
         """Arrays for models trained on arrays; DataFrames with the fitted column names for models
         trained on DataFrames (so neither kind sees sklearn's feature-name warning)."""
         features = self.card.features
-        if self.wants_frame:
+        if self.frame_columns is not None:
             columns = list(zip(*rows, strict=True))
             data = {
                 feature.name: np.asarray(column, dtype=_numpy_dtype(feature))
                 for feature, column in zip(features, columns, strict=True)
             }
-            return pd.DataFrame(data)
+            return pd.DataFrame({name: data[name] for name in self.frame_columns})
         if all(feature.dtype != "category" for feature in features):
             return np.asarray(rows, dtype=np.float64)
         return np.asarray(rows, dtype=object)

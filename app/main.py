@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute
 
 from app.config import Settings, get_settings
 from app.docs import install_docs, install_openapi
-from app.errors import add_exception_handlers
+from app.error_handlers import add_exception_handlers
 from app.registry import ModelRegistry
 from routers import health, models, predict
 

@@ -25,7 +25,7 @@ import joblib
 import numpy as np
 from pydantic import ValidationError
 
-from app.errors import ModelNotFound, ModelUnavailable
+from app.errors import InvalidInput, ModelNotFound, ModelUnavailable
 from app.inference import InputSchema, LoadedModel
 from schemas.cards import MODEL_NAME_PATTERN, ModelCard, TrafficSplit
 
@@ -86,6 +86,7 @@ def check_against_card(estimator: Any, card: ModelCard) -> None:
     if n_features is not None and n_features != len(names):
         raise ArtifactRefused(f"model expects {n_features} features, card lists {len(names)}")
     fitted_names = getattr(estimator, "feature_names_in_", None)
+    # Same names; order may differ, since DataFrames are built in the fitted column order.
     if fitted_names is not None and sorted(map(str, fitted_names)) != sorted(names):
         raise ArtifactRefused("card feature names differ from the model's feature_names_in_")
     if card.task == "classification":
@@ -120,8 +121,14 @@ def load_version(
     except Exception as exc:
         raise ArtifactRefused(f"cannot load {card.artifact}: {type(exc).__name__}: {exc}") from exc
     check_against_card(estimator, card)
-    wants_frame = getattr(estimator, "feature_names_in_", None) is not None
-    inputs = InputSchema(card, max_rows=max_rows, wants_frame=wants_frame)
+    fitted_names = getattr(estimator, "feature_names_in_", None)
+    frame_columns = None if fitted_names is None else [str(name) for name in fitted_names]
+    inputs = InputSchema(card, max_rows=max_rows, frame_columns=frame_columns)
+    if card.example is not None:
+        try:
+            inputs.validate_rows([card.example], loc=("example",))
+        except InvalidInput as exc:
+            raise ArtifactRefused(f"the card's example fails its own schema: {exc.detail}") from exc
     return LoadedModel(card=card, estimator=estimator, inputs=inputs)
 
 
@@ -168,8 +175,16 @@ def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> S
             continue
         entry = ModelEntry(name=name)
         for version_path in sorted(p for p in model_path.iterdir() if p.is_dir()):
-            if not version_path.name.isdigit() or int(version_path.name) < 1:
-                logger.warning("ignoring %s: version folders are positive integers", version_path)
+            if version_path.name.startswith("."):
+                continue  # e.g. a version being written by `modelport import`
+            if (
+                not version_path.name.isdigit()
+                or str(int(version_path.name)) != version_path.name
+                or version_path.name == "0"
+            ):
+                logger.warning(
+                    "ignoring %s: version folders are positive integers (1, 2, ...)", version_path
+                )
                 continue
             version = int(version_path.name)
             try:

@@ -3,10 +3,21 @@
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 FeatureValue = float | int | str
-ClassLabel = int | str
+# Strict members so a label keeps its type: 1 stays 1, 1.0 stays 1.0, "1" stays "1".
+ClassLabel = StrictBool | StrictInt | StrictFloat | StrictStr
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -57,7 +68,7 @@ class ModelCard(BaseModel):
     task: Literal["classification", "regression"]
     description: str = ""
     input_kind: Literal["tabular", "image"] = "tabular"
-    image_shape: tuple[int, int] | None = Field(
+    image_shape: tuple[PositiveInt, PositiveInt] | None = Field(
         default=None, description="Height and width of image models' input, in pixels."
     )
     features: list[FeatureSpec] = Field(min_length=1)

@@ -1,0 +1,126 @@
+"""End-to-end fixtures: a real `modelport serve` (gunicorn + uvicorn workers) on a free loopback port."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import joblib
+import pytest
+
+from tests.conftest import fit_pets_pipeline
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "modelport"), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    store: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def worker_pids(self) -> list[int]:
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                children.append(int(stat.parent.name))
+        return children
+
+
+def start_server(store: Path, log: Path, **settings: str) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODELPORT_HOST": "127.0.0.1",
+        "MODELPORT_PORT": str(port),
+        "MODELPORT_MODEL_DIR": str(store),
+        "MODELPORT_WORKERS": "2",
+        **{f"MODELPORT_{key.upper()}": value for key, value in settings.items()},
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(BIN / "modelport"), "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", process=process, log=log, store=store)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"modelport serve exited with {process.returncode}:\n{log.read_text()}"
+            )
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"modelport serve did not answer within 90 s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled examples, built by the real CLI, plus a user's DataFrame pipeline imported by it."""
+    store = tmp_path_factory.mktemp("e2e") / "models"
+    trained = run_cli("train", "--model-dir", str(store))
+    assert trained.returncode == 0, trained.stderr
+    artifact = store.parent / "pets.joblib"
+    joblib.dump(fit_pets_pipeline(), artifact)
+    imported = run_cli("import", str(artifact), "--name", "pets", "--model-dir", str(store))
+    assert imported.returncode == 0, imported.stderr
+    return store
+
+
+@pytest.fixture(scope="session")
+def server(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(trained_store, tmp_path_factory.mktemp("logs") / "serve.log")
+    yield running
+    stop_server(running)

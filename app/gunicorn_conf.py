@@ -17,6 +17,9 @@ keepalive = _settings.keepalive
 loglevel = _settings.log_level
 # Heartbeat files on tmpfs: a worker's heartbeat never waits on a slow or full disk.
 worker_tmp_dir = "/dev/shm"
+# No gunicornc control socket: it defaults to one path under $HOME, which two servers on one
+# host would share and a read-only root filesystem cannot hold. Signals (HUP, TERM) suffice.
+control_socket_disable = True
 # Headers from a client are bounded; bodies are bounded by the app (max_body_bytes).
 limit_request_line = 8190
 limit_request_fields = 100

@@ -22,6 +22,17 @@ class State(TypedDict):
     registry: ModelRegistry
 
 
+def _configure_logging(level: str) -> None:
+    service_logger = logging.getLogger("modelport")
+    if not service_logger.handlers:  # an embedding app may have configured it already
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+        )
+        service_logger.addHandler(handler)
+    service_logger.setLevel(level.upper())
+
+
 def _operation_id(route: APIRoute) -> str:
     tag = str(route.tags[0]) if route.tags else "default"
     return f"{tag}-{route.name}"
@@ -29,6 +40,7 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    _configure_logging(settings.log_level)
     registry = ModelRegistry(
         settings.model_dir, max_rows=settings.max_rows, trusted_types=settings.skops_trusted_types
     )

@@ -137,6 +137,9 @@ def _model_operation(
             }
         },
     }
+    if model.example_response is not None:
+        success = operation["responses"]["200"]["content"]["application/json"]
+        success["example"] = model.example_response
     return operation
 
 

@@ -203,6 +203,7 @@ class LoadedModel:
     card: ModelCard
     estimator: Any
     inputs: InputSchema = field(repr=False)
+    example_response: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:

@@ -6,12 +6,11 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 
 from app.config import Settings, get_settings
 from app.docs import install_docs, install_openapi
-from app.error_handlers import add_exception_handlers
+from app.error_handlers import EnvelopeCORSMiddleware, add_exception_handlers
 from app.registry import ModelRegistry
 from routers import health, models, predict
 
@@ -67,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_exception_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            EnvelopeCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST"],

@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ import joblib
 import numpy as np
 from pydantic import ValidationError
 
-from app.errors import InvalidInput, ModelNotFound, ModelUnavailable
-from app.inference import InputSchema, LoadedModel
+from app.errors import InferenceError, InvalidInput, ModelNotFound, ModelUnavailable
+from app.inference import InputSchema, LoadedModel, predict
 from schemas.cards import MODEL_NAME_PATTERN, ModelCard, TrafficSplit
 
 logger = logging.getLogger("modelport.registry")
@@ -124,12 +124,17 @@ def load_version(
     fitted_names = getattr(estimator, "feature_names_in_", None)
     frame_columns = None if fitted_names is None else [str(name) for name in fitted_names]
     inputs = InputSchema(card, max_rows=max_rows, frame_columns=frame_columns)
-    if card.example is not None:
-        try:
-            inputs.validate_rows([card.example], loc=("example",))
-        except InvalidInput as exc:
-            raise ArtifactRefused(f"the card's example fails its own schema: {exc.detail}") from exc
-    return LoadedModel(card=card, estimator=estimator, inputs=inputs)
+    model = LoadedModel(card=card, estimator=estimator, inputs=inputs)
+    # Predict the example once: a version that cannot answer its own example never serves
+    # (so a bad rollout never turns ready), and the answer becomes the docs' response example.
+    try:
+        rows = inputs.validate_rows(inputs.example["instances"], loc=("example",))
+        example_response = predict(model, rows)
+    except InvalidInput as exc:
+        raise ArtifactRefused(f"the card's example fails its own schema: {exc.detail}") from exc
+    except InferenceError as exc:
+        raise ArtifactRefused(f"the model cannot predict its example: {exc.detail}") from exc
+    return replace(model, example_response=example_response.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)

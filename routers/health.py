@@ -17,7 +17,24 @@ async def liveness() -> HealthStatus:
 @router.get(
     "/readyz",
     responses={
-        503: {"model": ErrorResponse, "description": "Not ready: names what is unavailable."}
+        503: {
+            "model": ErrorResponse,
+            "description": "Not ready: names what is unavailable.",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "error": "NotReady",
+                        "detail": {
+                            "status": "not ready",
+                            "models": 4,
+                            "unavailable": {
+                                "iris/2": "SHA-256 mismatch: card records 3f2a…, model.joblib is 9c41…"
+                            },
+                        },
+                    }
+                }
+            },
+        }
     },
 )
 async def readiness(registry: RegistryDep) -> ReadinessStatus:

@@ -4,16 +4,13 @@ from fastapi import APIRouter, Query
 
 from app.dependencies import ModelName, ModelVersion, RegistryDep
 from schemas.cards import ModelCard
-from schemas.errors import ErrorResponse
+from schemas.errors import error_responses
 from schemas.models import ModelInfo, ModelList, ModelSummary
 
 router = APIRouter(
     prefix="/models",
     tags=["models"],
-    responses={
-        404: {"model": ErrorResponse, "description": "Unknown model or version."},
-        422: {"model": ErrorResponse, "description": "Invalid parameters."},
-    },
+    responses=error_responses({404: "Unknown model or version.", 422: "Invalid parameters."}),
 )
 
 
@@ -52,7 +49,7 @@ async def list_models(
 
 @router.get(
     "/{model_name}",
-    responses={503: {"model": ErrorResponse, "description": "No loadable version."}},
+    responses=error_responses({503: "No loadable version."}),
 )
 async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
     """The default version's card, every version, and the traffic split."""
@@ -70,7 +67,7 @@ async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
 
 @router.get(
     "/{model_name}/versions/{version}",
-    responses={503: {"model": ErrorResponse, "description": "That version could not be loaded."}},
+    responses=error_responses({503: "That version could not be loaded."}),
 )
 async def read_model_version(
     model_name: ModelName, version: ModelVersion, registry: RegistryDep

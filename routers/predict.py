@@ -5,21 +5,23 @@ from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import JsonBody, ModelDep, ModelVersionDep
 from app.inference import LoadedModel, predict
-from schemas.errors import ErrorResponse
+from schemas.errors import error_responses
 from schemas.predict import PredictionRequest, PredictionResponse
 
 router = APIRouter(
     prefix="/models",
     tags=["predict"],
-    responses={
-        400: {"model": ErrorResponse, "description": "Body is not valid JSON (or not UTF-8)."},
-        404: {"model": ErrorResponse, "description": "Unknown model or version."},
-        413: {"model": ErrorResponse, "description": "Body or row count over the limit."},
-        415: {"model": ErrorResponse, "description": "Body is not JSON."},
-        422: {"model": ErrorResponse, "description": "Rows fail the model's schema."},
-        500: {"model": ErrorResponse, "description": "The model failed on valid input."},
-        503: {"model": ErrorResponse, "description": "Model could not be loaded."},
-    },
+    responses=error_responses(
+        {
+            400: "Body is not valid JSON (or not UTF-8).",
+            404: "Unknown model or version.",
+            413: "Body or row count over the limit.",
+            415: "Body is not JSON.",
+            422: "Rows fail the model's schema.",
+            500: "The model failed on valid input.",
+            503: "Model could not be loaded.",
+        }
+    ),
 )
 
 # The body is read raw and validated by the model's own schema (built from its card), so the

@@ -18,3 +18,43 @@ class ErrorResponse(BaseModel):
     detail: str | list[ValidationIssue] | Any = Field(
         description="A message, or for InvalidInput pydantic's list of {loc, msg, type}."
     )
+
+
+_EXAMPLES: dict[int, tuple[str, Any]] = {
+    400: (
+        "MalformedBody",
+        "Request body is not valid JSON: Invalid JSON: EOF while parsing a list at line 1 column 19",
+    ),
+    401: ("Unauthorized", "Missing or invalid API key"),
+    404: ("ModelNotFound", "Model 'nope' not found"),
+    413: ("PayloadTooLarge", "Too many rows: at most 10000 per request"),
+    415: ("UnsupportedMediaType", "Send JSON (Content-Type: application/json), not 'text/plain'"),
+    422: (
+        "InvalidInput",
+        [
+            {
+                "loc": ["instances", 0, "row", 0],
+                "msg": "Input should be a finite number",
+                "type": "finite_number",
+            }
+        ],
+    ),
+    500: ("InferenceError", "Model iris v1 failed: ValueError: ..."),
+    503: ("ModelUnavailable", "Model 'iris' version 2 is unavailable: SHA-256 mismatch: ..."),
+}
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses: the envelope schema with a realistic example each."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": description,
+            "content": {
+                "application/json": {
+                    "example": {"error": _EXAMPLES[status][0], "detail": _EXAMPLES[status][1]}
+                }
+            },
+        }
+        for status, description in descriptions.items()
+    }

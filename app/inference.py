@@ -6,6 +6,7 @@ Every surface (JSON, and later file, form and v2) goes through `InputSchema.vali
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -106,7 +107,7 @@ class InputSchema:
         instances: Any = Annotated[list[instance], Field(min_length=1, max_length=max_rows)]
         request = _strict_typed_dict(f"{self.prefix}PredictionRequest", {"instances": instances})
         self._adapter: TypeAdapter[dict[str, list[Any]]] = TypeAdapter(request)
-        self._rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(instances)
+        self._rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(instances, config=_STRICT)
         self.example = self._example()
 
     # -- validation ---------------------------------------------------------------------------
@@ -116,12 +117,15 @@ class InputSchema:
             parsed = self._adapter.validate_json(body)
         except ValidationError as exc:
             raise self._translate(exc, prefix=()) from exc
+        _refuse_duplicate_keys(body)
         return self._ordered(parsed["instances"])
 
     def validate_rows(
         self, rows: Sequence[Any], *, loc: tuple[str, ...] = ("instances",)
     ) -> list[Row]:
         """Validate rows that another surface (file, form, tensor) has already decoded."""
+        # Strict Python validation takes only tuples for fixed-length rows (JSON arrays are fine).
+        rows = [tuple(row) if isinstance(row, list) else row for row in rows]
         try:
             parsed = self._rows_adapter.validate_python(rows)
         except ValidationError as exc:
@@ -178,6 +182,29 @@ class InputSchema:
         return {"instances": [dict(zip(self.feature_names, row, strict=True))]}
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen = dict(pairs)
+    if len(seen) != len(pairs):
+        names = [name for name, _ in pairs]
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise InvalidInput(
+            [{"loc": [duplicate], "msg": f"Duplicate key {duplicate!r}", "type": "duplicate_key"}]
+        )
+    return seen
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """Refuse objects with a repeated key (I-JSON, RFC 7493) rather than silently keep the last.
+
+    The JSON parser behind validation keeps the last, so an exact check needs a second parse.
+    Array-form bodies skip it when their only object is the top level, naming "instances" once
+    with no escapes: then no key can repeat. Records-form bodies always pay for the check.
+    """
+    if body.count(b"{") == 1 and body.count(b'"instances"') == 1 and b"\\" not in body:
+        return
+    json.loads(body, object_pairs_hook=_unique_keys)
+
+
 def _numpy_dtype(feature: FeatureSpec) -> Any:
     return {"float": np.float64, "int": np.int64, "category": object}[feature.dtype]
 
@@ -186,7 +213,7 @@ def _default_value(feature: FeatureSpec) -> FeatureValue:
     if feature.categories:
         return feature.categories[0]
     candidates = [feature.observed_min, feature.minimum, 0.0, feature.maximum]
-    value = next(c for c in candidates if c is not None and _within(feature, c))
+    value = next((c for c in candidates if c is not None and _within(feature, c)), 0.0)
     return int(math.ceil(value)) if feature.dtype == "int" else float(value)
 
 

@@ -182,11 +182,7 @@ def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> S
         for version_path in sorted(p for p in model_path.iterdir() if p.is_dir()):
             if version_path.name.startswith("."):
                 continue  # e.g. a version being written by `modelport import`
-            if (
-                not version_path.name.isdigit()
-                or str(int(version_path.name)) != version_path.name
-                or version_path.name == "0"
-            ):
+            if not re.fullmatch(r"[1-9][0-9]*", version_path.name):
                 logger.warning(
                     "ignoring %s: version folders are positive integers (1, 2, ...)", version_path
                 )
@@ -203,6 +199,10 @@ def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> S
             except ArtifactRefused as exc:
                 entry.unavailable[version] = str(exc)
                 problems[f"{name}/{version}"] = str(exc)
+            except Exception as exc:  # one broken version must never stop the others loading
+                logger.exception("unexpected error loading %s", version_path)
+                entry.unavailable[version] = f"cannot load: {type(exc).__name__}: {exc}"
+                problems[f"{name}/{version}"] = entry.unavailable[version]
         traffic_path = model_path / TRAFFIC_FILE
         if traffic_path.is_file():
             try:

@@ -1,7 +1,7 @@
 """The model card: what `models/<name>/<version>/card.json` holds, and the store's traffic file."""
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -31,10 +31,18 @@ class FeatureSpec(BaseModel):
     categories: list[str] | None = Field(
         default=None, description="Allowed values of a category feature."
     )
-    minimum: float | None = Field(default=None, description="Hard lower bound, enforced.")
-    maximum: float | None = Field(default=None, description="Hard upper bound, enforced.")
-    observed_min: float | None = Field(default=None, description="Smallest value seen in training.")
-    observed_max: float | None = Field(default=None, description="Largest value seen in training.")
+    minimum: float | None = Field(
+        default=None, allow_inf_nan=False, description="Hard lower bound, enforced."
+    )
+    maximum: float | None = Field(
+        default=None, allow_inf_nan=False, description="Hard upper bound, enforced."
+    )
+    observed_min: float | None = Field(
+        default=None, allow_inf_nan=False, description="Smallest value seen in training."
+    )
+    observed_max: float | None = Field(
+        default=None, allow_inf_nan=False, description="Largest value seen in training."
+    )
 
     @model_validator(mode="after")
     def _categories_match_dtype(self) -> Self:
@@ -73,7 +81,9 @@ class ModelCard(BaseModel):
     )
     features: list[FeatureSpec] = Field(min_length=1)
     target: TargetSpec = Field(default_factory=TargetSpec)
-    metrics: dict[str, float] = Field(default_factory=dict, description="Held-out metrics.")
+    metrics: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="Held-out metrics."
+    )
     example: list[FeatureValue] | None = Field(
         default=None, description="One valid row in feature order, shown in the docs."
     )
@@ -104,7 +114,7 @@ class TrafficSplit(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: dict[int, float] = Field(min_length=1)
+    weights: dict[PositiveInt, Annotated[float, Field(allow_inf_nan=False)]] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _positive(self) -> Self:

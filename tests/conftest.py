@@ -139,7 +139,7 @@ def build_store(store: Path) -> Path:
         classes=["cat", "dog"],
         example=["ginger", 3.5, 4],
     )
-    xs = np.arange(20, dtype=float).reshape(10, 2)
+    xs = np.random.default_rng(2).uniform(-5, 5, size=(12, 2))  # not collinear: a unique fit
     write_model(
         store,
         LinearRegression().fit(xs, xs @ np.array([2.0, -1.0]) + 3.0),

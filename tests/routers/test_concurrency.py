@@ -13,6 +13,7 @@ from app.main import create_app
 from schemas.cards import FeatureSpec
 from tests.conftest import write_model
 
+GATE_ARMED = threading.Event()
 PREDICT_ENTERED = threading.Event()
 RELEASE_PREDICT = threading.Event()
 
@@ -22,8 +23,9 @@ class GatedRegressor(LinearRegression):  # type: ignore[misc]  # sklearn is unty
     standing in for a slow model without making the test depend on timing."""
 
     def predict(self, X: object) -> np.ndarray:
-        PREDICT_ENTERED.set()
-        RELEASE_PREDICT.wait(timeout=30)
+        if GATE_ARMED.is_set():  # not while the registry predicts the card's example at load
+            PREDICT_ENTERED.set()
+            RELEASE_PREDICT.wait(timeout=30)
         result: np.ndarray = super().predict(X)
         return result
 
@@ -37,10 +39,11 @@ def test_liveness_answers_while_a_prediction_is_running(tmp_path: Path) -> None:
         task="regression",
         features=[FeatureSpec(name="a", dtype="float"), FeatureSpec(name="b", dtype="float")],
     )
-    PREDICT_ENTERED.clear()
-    RELEASE_PREDICT.clear()
+    for event in (GATE_ARMED, PREDICT_ENTERED, RELEASE_PREDICT):
+        event.clear()
     outcome: dict[str, Any] = {}  # name -> the TestClient's response
     with TestClient(create_app(Settings(model_dir=tmp_path))) as client:
+        GATE_ARMED.set()
 
         def call(key: str, method: str, path: str, **kwargs: object) -> None:
             outcome[key] = client.request(method, path, **kwargs)  # type: ignore[arg-type]
@@ -63,5 +66,6 @@ def test_liveness_answers_while_a_prediction_is_running(tmp_path: Path) -> None:
         finally:
             RELEASE_PREDICT.set()
             slow.join(timeout=30)
+            GATE_ARMED.clear()
     assert outcome["predict"].status_code == 200
     assert outcome["predict"].json()["predictions"] == [{"value": 3.0}]

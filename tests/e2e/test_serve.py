@@ -1,10 +1,15 @@
 """The real thing: `modelport serve` with 2 gunicorn/uvicorn workers, over loopback HTTP."""
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import joblib
 import numpy as np
 import pytest
@@ -12,7 +17,7 @@ from sklearn import datasets
 
 from schemas.cards import ModelCard
 from tests.conftest import pets_frame
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import BIN, REPO, Server, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -200,3 +205,32 @@ def test_docs_and_their_assets_are_served_locally(server: Server) -> None:
         "/models/breast-cancer/predict",
         "/models/digits/predict",
     } <= set(spec["paths"])
+
+
+def test_dev_serves_with_autoreload(trained_store: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MODELPORT_PORT": str(port), "MODELPORT_MODEL_DIR": str(trained_store)}
+    log = tmp_path / "dev.log"
+    with log.open("wb") as sink:
+        # Its own session, so the reloader and the server process it spawns stop together.
+        process = subprocess.Popen(
+            [str(BIN / "modelport"), "dev"],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline and ready is None:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert ready is not None and ready.status_code == 200, log.read_text()
+        assert "reloader" in log.read_text().lower()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

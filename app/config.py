@@ -48,6 +48,25 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest JSON request body accepted, in bytes.",
     )
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest multipart upload (file or form) accepted, in bytes.",
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=64, description="Largest image accepted, in pixels (width × height)."
+    )
+    session_cookie: str = Field(
+        default="modelport_session",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Cookie that pins a client to a canary version.",
+    )
+    cookie_secure: bool = Field(
+        default=False, description="Mark the session cookie Secure (HTTPS only)."
+    )
+    cookie_max_age: int = Field(
+        default=30 * 24 * 3600, ge=0, description="Session cookie lifetime, in seconds."
+    )
     cors_origins: Annotated[list[str], NoDecode, BeforeValidator(_parse_origins)] = Field(
         default_factory=list,
         description="Origins allowed by CORS (comma-separated). Credentials are allowed, so never '*'.",

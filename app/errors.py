@@ -46,6 +46,12 @@ class MalformedBody(ServiceError):
     status_code = 400
 
 
+class UnreadableFile(ServiceError):
+    """An uploaded file that cannot be read as what it claims to be (bad CSV, broken image)."""
+
+    status_code = 400
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
 

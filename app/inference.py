@@ -25,6 +25,9 @@ from schemas.predict import ClassPrediction, PredictionResponse, ValuePrediction
 # Strict: no "1" for 1, no true for 1.0, no null; finite floats only (NaN, ±inf and overflowing
 # numbers such as 1e999 are rejected while parsing); unknown keys are errors, not ignored.
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+# Text cells (CSV, form fields) are strings by nature: parse them ("5.1" -> 5.1) but keep every
+# other rule (finite, bounds, categories, no unknown or missing keys).
+_TEXT = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
 # Integers beyond 2**53 cannot be held exactly by the float64 matrices models receive.
 _INT_LIMIT = 2**53
 _INSTANCE_SHAPE_ERROR = (
@@ -65,11 +68,11 @@ def _feature_type(feature: FeatureSpec) -> Any:
     return Annotated[float, Field(ge=feature.minimum, le=feature.maximum, **common)]
 
 
-def _strict_typed_dict(name: str, fields: dict[str, Any]) -> Any:
+def _typed_dict(name: str, fields: dict[str, Any], config: ConfigDict = _STRICT) -> Any:
     # The functional form, because feature names need not be Python identifiers ("mean radius").
     make: Any = TypedDict
     typed = make(name, fields)
-    typed.__pydantic_config__ = _STRICT
+    typed.__pydantic_config__ = config
     return typed
 
 
@@ -92,7 +95,7 @@ class InputSchema:
         self.prefix = _schema_prefix(card)
         types = [_feature_type(feature) for feature in card.features]
         # Types built at run time from the card, so they are `Any` to mypy.
-        record = _strict_typed_dict(
+        record = _typed_dict(
             f"{self.prefix}Record", dict(zip(self.feature_names, types, strict=True))
         )
         row: Any = tuple.__class_getitem__(tuple(types))  # tuple[t1, t2, ...], in feature order
@@ -105,9 +108,13 @@ class InputSchema:
             ),
         ]
         instances: Any = Annotated[list[instance], Field(min_length=1, max_length=max_rows)]
-        request = _strict_typed_dict(f"{self.prefix}PredictionRequest", {"instances": instances})
+        request = _typed_dict(f"{self.prefix}PredictionRequest", {"instances": instances})
         self._adapter: TypeAdapter[dict[str, list[Any]]] = TypeAdapter(request)
         self._rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(instances, config=_STRICT)
+        text_record = _typed_dict(
+            f"{self.prefix}TextRecord", dict(zip(self.feature_names, types, strict=True)), _TEXT
+        )
+        self._text_adapter: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(list[text_record])  # type: ignore[valid-type]
         self.example = self._example()
 
     # -- validation ---------------------------------------------------------------------------
@@ -130,6 +137,27 @@ class InputSchema:
             parsed = self._rows_adapter.validate_python(rows)
         except ValidationError as exc:
             raise self._translate(exc, prefix=loc) from exc
+        return self._ordered(parsed)
+
+    def validate_text_records(
+        self, records: Sequence[dict[str, str]], *, loc: tuple[str, ...], first_index: int = 0
+    ) -> list[Row]:
+        """Validate rows whose cells are text (CSV cells, form fields): each record maps feature
+        name to its text. Error locations are `[*loc, first_index + i, feature]`."""
+        if len(records) > self.max_rows:
+            raise PayloadTooLarge(f"Too many rows: at most {self.max_rows} per request")
+        try:
+            parsed = self._text_adapter.validate_python(records)
+        except ValidationError as exc:
+            cleaned = clean_errors(exc.errors(include_url=False))
+            for issue in cleaned:
+                index, *rest = issue["loc"]
+                issue["loc"] = (
+                    [*loc, first_index + index, *rest]
+                    if isinstance(index, int)
+                    else [*loc, index, *rest]
+                )
+            raise InvalidInput(cleaned) from exc
         return self._ordered(parsed)
 
     def _translate(self, exc: ValidationError, *, prefix: tuple[str, ...]) -> Exception:

@@ -1,11 +1,13 @@
 """Typed FastAPI dependencies: routes declare what they need, never look things up themselves."""
 
+import re
+import secrets
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Cookie, Depends, Path, Request, Response
 
 from app.config import Settings
-from app.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from app.errors import MalformedBody, UnsupportedMediaType
 from app.inference import LoadedModel
 from app.registry import ModelRegistry
 
@@ -31,16 +33,55 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_model(model_name: ModelName, registry: RegistryDep) -> LoadedModel:
-    """The model's default version (404 if unknown, 503 if it could not be loaded)."""
-    return registry.get(model_name)
+SESSION_COOKIE = "modelport_session"
+_SESSION_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,128}")
+SessionCookie = Annotated[
+    str | None,
+    Cookie(
+        alias=SESSION_COOKIE,
+        description="Pins this client to one version of a model with a traffic split (set by the server).",
+    ),
+]
+
+
+def get_model(
+    model_name: ModelName,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    response: Response,
+    session: SessionCookie = None,
+) -> LoadedModel:
+    """The version to serve when none is pinned (404 if unknown, 503 if it could not be loaded).
+
+    With a traffic split, the session cookie picks the version; a client without a (valid)
+    cookie gets a new one, so it stays on the version it was assigned.
+    """
+    entry = registry.entry(model_name)
+    if not entry.split:
+        return _served(registry.get(model_name), response)
+    if session is None or not _SESSION_PATTERN.fullmatch(session):
+        session = secrets.token_urlsafe(16)
+        response.set_cookie(
+            SESSION_COOKIE,
+            session,
+            max_age=settings.cookie_max_age,
+            httponly=True,
+            samesite="lax",
+            secure=settings.cookie_secure,
+        )
+    return _served(registry.get(model_name, entry.route(session)), response)
 
 
 def get_model_version(
-    model_name: ModelName, version: ModelVersion, registry: RegistryDep
+    model_name: ModelName, version: ModelVersion, registry: RegistryDep, response: Response
 ) -> LoadedModel:
-    """A pinned version: an explicit version in the path always wins over the default."""
-    return registry.get(model_name, version)
+    """A pinned version: an explicit version in the path always wins over the split."""
+    return _served(registry.get(model_name, version), response)
+
+
+def _served(model: LoadedModel, response: Response) -> LoadedModel:
+    response.headers["X-Model-Version"] = str(model.version)
+    return model
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
@@ -49,33 +90,19 @@ ModelVersionDep = Annotated[LoadedModel, Depends(get_model_version)]
 _JSON_TYPES = ("application/json",)
 
 
-async def read_json_body(request: Request, settings: SettingsDep) -> bytes:
-    """The raw JSON body, refused early when it is too large or not JSON.
-
-    The size check runs on the declared Content-Length first and again on the bytes as they
-    stream in, so a chunked or lying client cannot make us buffer more than the limit.
-    """
+async def read_json_body(request: Request) -> bytes:
+    """The raw JSON body (its size is bounded by BodyLimitMiddleware), refused early when the
+    declared media type is not JSON."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type and media_type not in _JSON_TYPES and not media_type.endswith("+json"):
         raise UnsupportedMediaType(
             f"Send JSON (Content-Type: application/json), not {media_type!r}"
         )
-    limit = settings.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise MalformedBody("Invalid Content-Length header")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
+    body = await request.body()
     if not body:
         raise MalformedBody('Request body is empty: send {"instances": [...]}')
-    return bytes(body)
+    return body
 
 
 JsonBody = Annotated[bytes, Depends(read_json_body)]

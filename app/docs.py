@@ -23,10 +23,13 @@ from fastapi.staticfiles import StaticFiles
 
 from app.inference import LoadedModel
 from app.registry import ModelRegistry
+from schemas.forms import FormOptions
 
 DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/static/docs"
 GENERIC_PREDICT_PATH = "/models/{model_name}/predict"
+GENERIC_FORM_PATH = "/models/{model_name}/predict/form"
+FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 TAGS = [
     {"name": "health", "description": "Liveness and readiness probes."},
@@ -108,7 +111,49 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
         document["tags"].append({"name": tag, "description": model.card.description})
         path = GENERIC_PREDICT_PATH.replace("{model_name}", entry.name)
         document["paths"][path] = {"post": _model_operation(generic, model, tag, schemas)}
+        generic_form = document["paths"].get(GENERIC_FORM_PATH, {}).get("post")
+        if generic_form is not None and model.card.input_kind == "tabular":
+            form_path = GENERIC_FORM_PATH.replace("{model_name}", entry.name)
+            document["paths"][form_path] = {
+                "post": _form_operation(generic_form, model, tag, schemas)
+            }
     return document
+
+
+def _form_operation(
+    generic: dict[str, Any], model: LoadedModel, tag: str, schemas: dict[str, Any]
+) -> dict[str, Any]:
+    """The model's form as an operation: one required field per feature, typed and bounded,
+    pre-filled with the card's example so "Try it out" works as is."""
+    record = schemas[f"{model.inputs.prefix}Record"]
+    example = model.inputs.example["instances"][0]
+    properties = {
+        name: {**spec, "example": example[name]} for name, spec in record["properties"].items()
+    }
+    options = FormOptions.model_json_schema()["properties"]
+    classes = model.card.target.classes or []
+    if model.card.task == "classification":
+        properties["top_k"] = {**options["top_k"], "maximum": len(classes)}
+    if len(classes) == 2:
+        properties["threshold"] = options["threshold"]
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": list(record["required"]),
+        "additionalProperties": False,
+    }
+    operation = copy.deepcopy(generic)
+    operation["parameters"] = [
+        p for p in operation.get("parameters", []) if p.get("name") != "model_name"
+    ]
+    operation["tags"] = [tag]
+    operation["operationId"] = f"model-{model.name}-predict-form"
+    operation["summary"] = f"Predict with {model.name} from form fields"
+    operation["requestBody"] = {
+        "required": True,
+        "content": {media: {"schema": schema} for media in FORM_MEDIA_TYPES},
+    }
+    return operation
 
 
 def _model_operation(

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from app.errors import InvalidInput, ServiceError, clean_errors
@@ -66,7 +67,14 @@ async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResp
     return error_response(500, "InternalServerError", "internal server error")
 
 
+async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
+    # The client went away (or BodyLimitMiddleware cut its body off and will answer 413 instead):
+    # nothing to log as an error, and nobody may be listening.
+    return error_response(400, "ClientDisconnected", "The request body ended early")
+
+
 def add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
     app.add_exception_handler(ServiceError, _service_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)

@@ -1,7 +1,7 @@
 """The application factory and lifespan. `app = create_app()` is the ASGI entrypoint."""
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
@@ -11,8 +11,9 @@ from fastapi.routing import APIRoute
 from app.config import Settings, get_settings
 from app.docs import install_docs, install_openapi
 from app.error_handlers import EnvelopeCORSMiddleware, add_exception_handlers
+from app.limits import BodyLimitMiddleware
 from app.registry import ModelRegistry
-from routers import health, models, predict
+from routers import files, forms, health, models, predict
 
 logger = logging.getLogger("modelport")
 
@@ -30,6 +31,16 @@ def _configure_logging(level: str) -> None:
         )
         service_logger.addHandler(handler)
     service_logger.setLevel(level.upper())
+
+
+def _body_limits(settings: Settings) -> Callable[[str], int]:
+    def limit_for(path: str) -> int:
+        # Multipart uploads (files, forms) get their own, larger limit.
+        if path.endswith(("/predict/file", "/predict/form")):
+            return settings.max_upload_bytes
+        return settings.max_body_bytes
+
+    return limit_for
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -64,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     add_exception_handlers(app)
-    if settings.cors_origins:
+    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
+    if settings.cors_origins:  # added last, so outermost: even a 413 carries CORS headers
         app.add_middleware(
             EnvelopeCORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -75,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)
+    app.include_router(files.router)
+    app.include_router(forms.router)
     if settings.docs_enabled:
         install_docs(app)
         install_openapi(app, registry)

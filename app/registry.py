@@ -146,6 +146,35 @@ class ModelEntry:
     unavailable: dict[int, str] = field(default_factory=dict)
     traffic: TrafficSplit | None = None
 
+    def route(self, session: str) -> int | None:
+        """The version a client session is pinned to by the traffic split.
+
+        A hash of model name and session picks a point in [0, 1) and the weights divide that
+        interval: the same session always lands on the same version, in every worker and
+        replica, with no shared state. Versions not being served are left out of the split.
+        """
+        if self.traffic is None:
+            return self.default_version
+        weighted = [
+            (v, w) for v, w in sorted(self.traffic.weights.items()) if v in self.versions and w > 0
+        ]
+        if not weighted:
+            return self.default_version
+        digest = hashlib.sha256(f"{self.name}\0{session}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64 * sum(w for _, w in weighted)
+        for version, weight in weighted:
+            point -= weight
+            if point < 0:
+                return version
+        return weighted[-1][0]
+
+    @property
+    def split(self) -> bool:
+        """Whether unpinned traffic is shared between two or more served versions."""
+        if self.traffic is None:
+            return False
+        return sum(1 for v, w in self.traffic.weights.items() if v in self.versions and w > 0) > 1
+
     @property
     def default_version(self) -> int | None:
         """The version served when none is pinned: the heaviest in the traffic split, else the newest."""

@@ -50,9 +50,11 @@ def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, A
         status: {
             "model": ErrorResponse,
             "description": description,
+            # Explicit, so routes answering HTML on success still document JSON errors.
             "content": {
                 "application/json": {
-                    "example": {"error": _EXAMPLES[status][0], "detail": _EXAMPLES[status][1]}
+                    "schema": {"$ref": "#/components/schemas/ErrorResponse"},
+                    "example": {"error": _EXAMPLES[status][0], "detail": _EXAMPLES[status][1]},
                 }
             },
         }

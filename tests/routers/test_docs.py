@@ -132,7 +132,8 @@ def test_each_model_has_its_own_predict_operation(client: TestClient) -> None:
         operation = document["paths"][f"/models/{name}/predict"]["post"]
         assert operation["tags"] == [f"model: {name}"]
         assert f"model: {name}" in tag_names
-        assert "parameters" not in operation  # the model name is part of the path
+        # The model name is part of the path; only the canary session cookie remains.
+        assert [p["name"] for p in operation.get("parameters", [])] == ["modelport_session"]
         card = client.get(f"/models/{name}").json()["card"]
         record = record_component(document, operation)
         assert list(record["properties"]) == [feature["name"] for feature in card["features"]]

@@ -28,6 +28,20 @@ PETS = "/models/pets/predict"
 LINE = "/models/line/predict"
 
 
+@pytest.fixture(autouse=True)
+def _flowers_pinned_to_v1(request: pytest.FixtureRequest) -> None:
+    """The store splits flowers 90/10; these tests expect the unpinned default to answer v1, so
+    their client carries a session cookie that the real router sends to v1."""
+    if "client" not in request.fixturenames:
+        return
+    client: TestClient = request.getfixturevalue("client")
+    entry = client.app.state.registry.entry("flowers")  # type: ignore[attr-defined]
+    session = next(
+        f"pinned-to-v1-{i}" for i in range(1000) if entry.route(f"pinned-to-v1-{i}") == 1
+    )
+    client.cookies.set("modelport_session", session)
+
+
 def oracle(store: Path, name: str, version: int = 1) -> Any:
     """The same fitted estimator the store serves, loaded independently."""
     return joblib.load(store / name / str(version) / "model.joblib")

@@ -1,0 +1,68 @@
+"""Request body limits, enforced while the body streams in.
+
+FastAPI has no upload limit and Starlette spools file parts to disk without a total cap, so a
+client could otherwise make a worker buffer gigabytes. This ASGI middleware refuses a declared
+Content-Length over the limit before the app runs, and cuts off a body (chunked or lying) the
+moment it passes the limit: the app sees a disconnect, and whatever it answers is replaced by
+a 413 envelope.
+"""
+
+from collections.abc import Callable
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.error_handlers import error_response
+
+
+def _too_large(limit: int) -> Response:
+    return error_response(413, "PayloadTooLarge", f"Request body is larger than {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], int]) -> None:
+        """`limit_for(path)` gives the byte limit for a request path."""
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+
+        received = 0
+        exceeded = False
+        started = False  # the app has begun its own response
+        replaced = False  # we answered 413 in its place
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the app's own answer to the cut-off body is dropped
+            if exceeded and not started:
+                replaced = True
+                await _too_large(limit)(scope, receive, send)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+        if exceeded and not started and not replaced:
+            await _too_large(limit)(scope, receive, send)

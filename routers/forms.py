@@ -1,0 +1,74 @@
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.dependencies import ModelDep
+from app.errors import UnsupportedMediaType
+from app.form_page import render_form_page
+from app.forms import OPTION_FIELDS, form_reply, read_form
+from app.inference import LoadedModel, predict
+from schemas.errors import error_responses
+from schemas.forms import FormPredictionResponse
+
+router = APIRouter(prefix="/models", tags=["predict"])
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Each model's own form fields are generated from its card and shown under the model's tag;
+# this generic operation accepts any fields, validated against the model's card.
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media: {"schema": {"type": "object", "additionalProperties": {"type": "string"}}}
+            for media in _FORM_TYPES
+        },
+    }
+}
+
+
+def _predict_form(model: LoadedModel, fields: list[tuple[str, str]]) -> FormPredictionResponse:
+    rows, options = read_form(model, fields)
+    return form_reply(model, predict(model, rows), options)
+
+
+@router.post(
+    "/{model_name}/predict/form",
+    openapi_extra=_REQUEST_BODY,
+    responses=error_responses(
+        {
+            400: "The form cannot be parsed (or it carries a file).",
+            404: "Unknown model.",
+            413: "Form over the upload limit.",
+            415: "Not a form (urlencoded or multipart).",
+            422: "Fields fail the model's schema, or a feature is missing.",
+            500: "The model failed on valid input.",
+            503: "Model could not be loaded.",
+        }
+    ),
+)
+async def predict_form(model: ModelDep, request: Request) -> FormPredictionResponse:
+    """Predict one row sent as form fields: one per feature, plus `top_k` and `threshold`."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type not in _FORM_TYPES:
+        raise UnsupportedMediaType(
+            "Send a form (application/x-www-form-urlencoded or multipart/form-data)"
+        )
+    limit = len(model.inputs.feature_names) + len(OPTION_FIELDS) + 1
+    async with request.form(max_files=0, max_fields=limit, max_part_size=64 * 1024) as form:
+        fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+    return await run_in_threadpool(_predict_form, model, fields)
+
+
+@router.get(
+    "/{model_name}/form",
+    response_class=HTMLResponse,
+    response_model=None,
+    responses=error_responses(
+        {404: "Unknown model.", 422: "Invalid model name.", 503: "Model could not be loaded."}
+    ),
+)
+async def form_page(model: ModelDep) -> str:
+    """A small HTML page with the model's form; it posts to the predict route and shows the result."""
+    # Returned as text so FastAPI builds the response and keeps the routing headers (the canary
+    # cookie): the page's fields and its submissions then come from the same version.
+    return render_form_page(model)

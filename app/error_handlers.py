@@ -2,6 +2,8 @@
 
 Installs handlers that turn `ServiceError`s, FastAPI's validation errors and Starlette's HTTP
 errors into the envelope, so no client ever sees a bare `{"detail"}` body or a traceback.
+Under `/v2` the Open Inference Protocol's own shape is used instead, `{"error": "<message>"}`,
+which is all that tritonclient and KServe's client read.
 (Separate from `app.errors` so the inference core does not import FastAPI.)
 """
 
@@ -23,8 +25,21 @@ from app.errors import InvalidInput, ServiceError, clean_errors
 logger = logging.getLogger("modelport")
 
 
-def error_response(status_code: int, kind: str, detail: Any) -> JSONResponse:
+V2_PREFIX = "/v2"
+
+
+def error_response(status_code: int, kind: str, detail: Any, *, path: str = "") -> JSONResponse:
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return JSONResponse(status_code=status_code, content={"error": _message(kind, detail)})
     return JSONResponse(status_code=status_code, content={"error": kind, "detail": detail})
+
+
+def _message(kind: str, detail: Any) -> str:
+    if isinstance(detail, list):  # pydantic's issues, as one line each: "loc: msg"
+        return "; ".join(
+            f"{'.'.join(map(str, issue.get('loc', [])))}: {issue.get('msg', '')}" for issue in detail if isinstance(issue, dict)
+        )
+    return str(detail) if detail else kind
 
 
 def _kind_for_status(status_code: int) -> str:
@@ -45,17 +60,22 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
             exc.detail,
             exc_info=exc.__cause__,
         )
-    return error_response(exc.status_code, exc.kind, exc.detail)
+    return error_response(exc.status_code, exc.kind, exc.detail, path=request.url.path)
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, InvalidInput.__name__, clean_errors(exc.errors()))
+    path = request.url.path
+    # The Open Inference Protocol answers every bad request with 400.
+    status = 400 if path.startswith(V2_PREFIX + "/") else 422
+    return error_response(status, InvalidInput.__name__, clean_errors(exc.errors()), path=path)
 
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    response = error_response(exc.status_code, _kind_for_status(exc.status_code), exc.detail)
+    response = error_response(
+        exc.status_code, _kind_for_status(exc.status_code), exc.detail, path=request.url.path
+    )
     if exc.headers:
         response.headers.update(exc.headers)
     return response
@@ -64,13 +84,13 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # Last resort: log the traceback server-side, answer with the envelope and nothing more.
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "InternalServerError", "internal server error")
+    return error_response(500, "InternalServerError", "internal server error", path=request.url.path)
 
 
 async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
     # The client went away (or BodyLimitMiddleware cut its body off and will answer 413 instead):
     # nothing to log as an error, and nobody may be listening.
-    return error_response(400, "ClientDisconnected", "The request body ended early")
+    return error_response(400, "ClientDisconnected", "The request body ended early", path=request.url.path)
 
 
 def add_exception_handlers(app: FastAPI) -> None:

@@ -52,6 +52,12 @@ class UnreadableFile(ServiceError):
     status_code = 400
 
 
+class BadTensor(ServiceError):
+    """An Open Inference Protocol request whose tensors are malformed or fail the model's schema."""
+
+    status_code = 400
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
 

@@ -269,10 +269,19 @@ class LoadedModel:
         return self.card.version
 
 
-def predict(model: LoadedModel, rows: list[Row]) -> PredictionResponse:
-    """Run the model on validated rows. CPU-bound: call it off the event loop."""
+@dataclass(frozen=True)
+class ModelOutput:
+    """What the estimator answered for n rows, checked: finite, one prediction per row."""
+
+    predictions: np.ndarray[Any, Any]  # labels (classification) or float64 values, shape (n,)
+    probabilities: np.ndarray[Any, Any] | None  # float64, shape (n, n_classes), in classes_ order
+
+
+def run(model: LoadedModel, rows: list[Row]) -> ModelOutput:
+    """The one place a request's rows meet the estimator. CPU-bound: call it off the event loop."""
     features = model.inputs.to_model_input(rows)
     estimator = model.estimator
+    where = f"Model {model.name} v{model.version}"
     try:
         raw = estimator.predict(features)
         proba = (
@@ -281,33 +290,37 @@ def predict(model: LoadedModel, rows: list[Row]) -> PredictionResponse:
             else None
         )
     except Exception as exc:
-        raise InferenceError(
-            f"Model {model.name} v{model.version} failed: {type(exc).__name__}: {exc}"[:500]
-        ) from exc
-    predictions: list[ClassPrediction] | list[ValuePrediction]
-    if model.card.task == "classification":
-        predictions = _class_predictions(model, raw, proba)
+        raise InferenceError(f"{where} failed: {type(exc).__name__}: {exc}"[:500]) from exc
+    predictions = np.asarray(raw)
+    if predictions.shape != (len(rows),):
+        raise InferenceError(f"{where} answered shape {predictions.shape} for {len(rows)} rows")
+    if model.card.task == "regression":
+        predictions = predictions.astype(np.float64)
+        if not np.isfinite(predictions).all():
+            raise InferenceError(f"{where} produced a non-finite value")
+    probabilities = None if proba is None else np.asarray(proba, dtype=np.float64)
+    if probabilities is not None and not np.isfinite(probabilities).all():
+        raise InferenceError(f"{where} produced a non-finite probability")
+    return ModelOutput(predictions=predictions, probabilities=probabilities)
+
+
+def predict(model: LoadedModel, rows: list[Row]) -> PredictionResponse:
+    """Predictions for validated rows, in the friendly API's shape."""
+    output = run(model, rows)
+    items: list[ClassPrediction] | list[ValuePrediction]
+    if model.card.task == "regression":
+        items = [ValuePrediction(value=value) for value in output.predictions.tolist()]
     else:
-        values = np.asarray(raw, dtype=np.float64).reshape(len(rows))
-        if not np.isfinite(values).all():
-            raise InferenceError(f"Model {model.name} v{model.version} produced a non-finite value")
-        predictions = [ValuePrediction(value=value) for value in values.tolist()]
-    return PredictionResponse(
-        model_name=model.name, model_version=model.version, predictions=predictions
-    )
+        items = _class_predictions(model, output)
+    return PredictionResponse(model_name=model.name, model_version=model.version, predictions=items)
 
 
-def _class_predictions(model: LoadedModel, raw: Any, proba: Any) -> list[ClassPrediction]:
-    labels = cast(list[Any], np.asarray(raw).tolist())
-    if proba is None:
+def _class_predictions(model: LoadedModel, output: ModelOutput) -> list[ClassPrediction]:
+    labels = cast(list[Any], output.predictions.tolist())
+    if output.probabilities is None:
         return [ClassPrediction(label=label) for label in labels]
-    matrix = np.asarray(proba, dtype=np.float64)
-    if not np.isfinite(matrix).all():
-        raise InferenceError(
-            f"Model {model.name} v{model.version} produced a non-finite probability"
-        )
     keys = [str(label) for label in np.asarray(model.estimator.classes_).tolist()]
     return [
         ClassPrediction(label=label, probabilities=dict(zip(keys, row, strict=True)))
-        for label, row in zip(labels, matrix.tolist(), strict=True)
+        for label, row in zip(labels, output.probabilities.tolist(), strict=True)
     ]

@@ -15,8 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.error_handlers import error_response
 
 
-def _too_large(limit: int) -> Response:
-    return error_response(413, "PayloadTooLarge", f"Request body is larger than {limit} bytes")
+def _too_large(limit: int, path: str) -> Response:
+    return error_response(413, "PayloadTooLarge", f"Request body is larger than {limit} bytes", path=path)
 
 
 class BodyLimitMiddleware:
@@ -32,7 +32,7 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, scope["path"])(scope, receive, send)
             return
 
         received = 0
@@ -58,11 +58,11 @@ class BodyLimitMiddleware:
                 return  # the app's own answer to the cut-off body is dropped
             if exceeded and not started:
                 replaced = True
-                await _too_large(limit)(scope, receive, send)
+                await _too_large(limit, scope["path"])(scope, receive, send)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
         if exceeded and not started and not replaced:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, scope["path"])(scope, receive, send)

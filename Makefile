@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# KServe's client needs pandas<3, so the interop tests run it from a virtualenv of its own.
+KSERVE_VENV ?= .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
 .PHONY: serve dev train test lint format lock clean
 
@@ -10,6 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python >= 3.11"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(KSERVE_STAMP): tests/e2e/kserve-requirements.txt
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/kserve-requirements.txt
 	touch $@
 
 train: $(STAMP)
@@ -26,8 +34,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy app routers schemas tests
 
-test: lint
-	$(BIN)/pytest
+test: lint $(KSERVE_STAMP)
+	KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(BIN)/pytest
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -42,4 +50,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from app.inference import LoadedModel
 from app.registry import ModelRegistry
 from schemas.forms import FormOptions
+from schemas.v2 import InferenceRequest
 
 DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/static/docs"
@@ -34,6 +35,10 @@ FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 TAGS = [
     {"name": "health", "description": "Liveness and readiness probes."},
     {"name": "models", "description": "The model catalogue: cards, versions, traffic splits."},
+    {
+        "name": "v2",
+        "description": "The Open Inference Protocol (KServe V2 / Triton / MLServer): unmodified tritonclient and KServe clients work here.",
+    },
     {
         "name": "predict",
         "description": "Predict with any model by name. Each model's own typed operation is listed under its tag below.",
@@ -99,10 +104,15 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
         routes=app.routes,
         tags=TAGS,
     )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    # Bodies read raw (so no parameter declares them) but documented by reference.
+    for raw_body in (InferenceRequest,):
+        body_schema = raw_body.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body_schema.pop("$defs", {}))
+        schemas[raw_body.__name__] = body_schema
     generic = document["paths"].get(GENERIC_PREDICT_PATH, {}).get("post")
     if generic is None:
         return document
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for entry in sorted(registry.entries(), key=lambda e: e.name):
         if entry.default_version is None:
             continue

@@ -30,6 +30,8 @@ V2_PREFIX = "/v2"
 
 def error_response(status_code: int, kind: str, detail: Any, *, path: str = "") -> JSONResponse:
     if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        # The Open Inference Protocol answers every bad request with 400, validation included.
+        status_code = 400 if status_code == 422 else status_code
         return JSONResponse(status_code=status_code, content={"error": _message(kind, detail)})
     return JSONResponse(status_code=status_code, content={"error": kind, "detail": detail})
 
@@ -37,7 +39,9 @@ def error_response(status_code: int, kind: str, detail: Any, *, path: str = "") 
 def _message(kind: str, detail: Any) -> str:
     if isinstance(detail, list):  # pydantic's issues, as one line each: "loc: msg"
         return "; ".join(
-            f"{'.'.join(map(str, issue.get('loc', [])))}: {issue.get('msg', '')}" for issue in detail if isinstance(issue, dict)
+            f"{'.'.join(map(str, issue.get('loc', [])))}: {issue.get('msg', '')}"
+            for issue in detail
+            if isinstance(issue, dict)
         )
     return str(detail) if detail else kind
 
@@ -65,10 +69,9 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    path = request.url.path
-    # The Open Inference Protocol answers every bad request with 400.
-    status = 400 if path.startswith(V2_PREFIX + "/") else 422
-    return error_response(status, InvalidInput.__name__, clean_errors(exc.errors()), path=path)
+    return error_response(
+        422, InvalidInput.__name__, clean_errors(exc.errors()), path=request.url.path
+    )
 
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -84,13 +87,17 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     # Last resort: log the traceback server-side, answer with the envelope and nothing more.
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "InternalServerError", "internal server error", path=request.url.path)
+    return error_response(
+        500, "InternalServerError", "internal server error", path=request.url.path
+    )
 
 
 async def _client_disconnect_handler(request: Request, exc: Exception) -> JSONResponse:
     # The client went away (or BodyLimitMiddleware cut its body off and will answer 413 instead):
     # nothing to log as an error, and nobody may be listening.
-    return error_response(400, "ClientDisconnected", "The request body ended early", path=request.url.path)
+    return error_response(
+        400, "ClientDisconnected", "The request body ended early", path=request.url.path
+    )
 
 
 def add_exception_handlers(app: FastAPI) -> None:

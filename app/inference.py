@@ -283,25 +283,46 @@ def run(model: LoadedModel, rows: list[Row]) -> ModelOutput:
     estimator = model.estimator
     where = f"Model {model.name} v{model.version}"
     try:
-        raw = estimator.predict(features)
-        proba = (
-            estimator.predict_proba(features)
-            if model.card.task == "classification" and hasattr(estimator, "predict_proba")
-            else None
-        )
+        # Overflow on extreme (but finite) inputs is judged below, per row, not as a warning.
+        with np.errstate(all="ignore"):
+            raw = estimator.predict(features)
+            proba = (
+                estimator.predict_proba(features)
+                if model.card.task == "classification" and hasattr(estimator, "predict_proba")
+                else None
+            )
     except Exception as exc:
         raise InferenceError(f"{where} failed: {type(exc).__name__}: {exc}"[:500]) from exc
     predictions = np.asarray(raw)
     if predictions.shape != (len(rows),):
         raise InferenceError(f"{where} answered shape {predictions.shape} for {len(rows)} rows")
+    probabilities = None if proba is None else np.asarray(proba, dtype=np.float64)
     if model.card.task == "regression":
         predictions = predictions.astype(np.float64)
-        if not np.isfinite(predictions).all():
-            raise InferenceError(f"{where} produced a non-finite value")
-    probabilities = None if proba is None else np.asarray(proba, dtype=np.float64)
-    if probabilities is not None and not np.isfinite(probabilities).all():
-        raise InferenceError(f"{where} produced a non-finite probability")
+        finite = np.isfinite(predictions)
+    else:
+        finite = (
+            np.ones(len(rows), dtype=bool)
+            if probabilities is None
+            else np.isfinite(probabilities).all(axis=1)
+        )
+    if not finite.all():
+        # Rows passed validation, so a non-finite answer comes from values the model cannot
+        # handle (e.g. 1e308 overflowing a linear model): the client's to fix, hence a 4xx.
+        raise InvalidInput(
+            [
+                {
+                    "loc": ["instances", int(index)],
+                    "msg": _NON_FINITE_OUTPUT,
+                    "type": "non_finite_output",
+                }
+                for index in np.flatnonzero(~finite)[:10]
+            ]
+        )
     return ModelOutput(predictions=predictions, probabilities=probabilities)
+
+
+_NON_FINITE_OUTPUT = "The model gives no finite answer for this row: are its values far outside the range seen in training?"
 
 
 def predict(model: LoadedModel, rows: list[Row]) -> PredictionResponse:

@@ -16,7 +16,9 @@ from app.error_handlers import error_response
 
 
 def _too_large(limit: int, path: str) -> Response:
-    return error_response(413, "PayloadTooLarge", f"Request body is larger than {limit} bytes", path=path)
+    return error_response(
+        413, "PayloadTooLarge", f"Request body is larger than {limit} bytes", path=path
+    )
 
 
 class BodyLimitMiddleware:

@@ -13,7 +13,7 @@ from app.docs import install_docs, install_openapi
 from app.error_handlers import EnvelopeCORSMiddleware, add_exception_handlers
 from app.limits import BodyLimitMiddleware
 from app.registry import ModelRegistry
-from routers import files, forms, health, models, predict
+from routers import files, forms, health, models, predict, v2
 
 logger = logging.getLogger("modelport")
 
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(files.router)
     app.include_router(forms.router)
+    app.include_router(v2.router)
     if settings.docs_enabled:
         install_docs(app)
         install_openapi(app, registry)

@@ -129,10 +129,11 @@ def load_version(
     # (so a bad rollout never turns ready), and the answer becomes the docs' response example.
     try:
         rows = inputs.validate_rows(inputs.example["instances"], loc=("example",))
-        example_response = predict(model, rows)
     except InvalidInput as exc:
         raise ArtifactRefused(f"the card's example fails its own schema: {exc.detail}") from exc
-    except InferenceError as exc:
+    try:
+        example_response = predict(model, rows)
+    except (InferenceError, InvalidInput) as exc:
         raise ArtifactRefused(f"the model cannot predict its example: {exc.detail}") from exc
     return replace(model, example_response=example_response.model_dump(mode="json"))
 

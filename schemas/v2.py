@@ -71,6 +71,9 @@ class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = Field(default=None, max_length=256)
+    # Not in the specification's request, but KServe's client sends them; the path decides.
+    model_name: str | None = Field(default=None, max_length=256)
+    model_version: str | None = Field(default=None, max_length=64)
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=1024)
     outputs: list[RequestOutput] | None = Field(default=None, max_length=8)

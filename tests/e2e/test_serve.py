@@ -84,14 +84,20 @@ def test_predictions_equal_in_process_predict(server: Server, name: str) -> None
         assert np.allclose(got, expected_proba, rtol=1e-12, atol=0)
 
 
-def test_default_follows_traffic_and_path_version_wins(server: Server) -> None:
+def test_canary_cookie_sticks_and_path_version_wins(server: Server) -> None:
     row = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
     with server.client() as http:
         info = http.get("/models/iris").json()
-        default = http.post("/models/iris/predict", json=row)
+        first = http.post("/models/iris/predict", json=row)  # no cookie yet: assigned by weight
+        version = first.json()["model_version"]
+        again = [http.post("/models/iris/predict", json=row) for _ in range(5)]  # cookie carried
         pinned = http.post("/models/iris/versions/2/predict", json=row)
     assert info["traffic"] == {"1": 90.0, "2": 10.0}
-    assert default.status_code == 200 and default.json()["model_version"] == 1
+    assert first.status_code == 200 and "modelport_session=" in first.headers["set-cookie"]
+    assert first.headers["x-model-version"] == str(version) and version in (1, 2)
+    assert all(
+        r.json()["model_version"] == version and "set-cookie" not in r.headers for r in again
+    )
     assert pinned.status_code == 200 and pinned.json()["model_version"] == 2
 
 

@@ -15,7 +15,7 @@ from app.errors import InvalidInput, MalformedBody, PayloadTooLarge
 from app.inference import InputSchema, LoadedModel, predict
 from app.registry import load_version
 from schemas.predict import ClassPrediction, ValuePrediction
-from tests.conftest import FLOWER_FEATURES, flower_data, pets_frame
+from tests.conftest import FLOWER_FEATURES, flower_rows, pet_rows
 
 PETS_FEATURES = ["colour", "weight", "age"]
 
@@ -33,23 +33,6 @@ def oracle(store: Path, name: str, version: int = 1) -> Any:
 
 def body(instances: list[Any]) -> bytes:
     return json.dumps({"instances": instances}).encode()
-
-
-def flower_rows(count: int = 6) -> list[list[float]]:
-    """Training rows spread over the three classes; a few training rows have a negative
-    width (noise around 0.2) that the card's minimum of 0 refuses, so they are skipped."""
-    x, _ = flower_data()
-    valid = x[(x >= 0).all(axis=1)]
-    picked = valid[:: len(valid) // count][:count]
-    return [[round(float(v), 3) for v in row] for row in picked]
-
-
-def pet_rows() -> list[list[Any]]:
-    frame, _ = pets_frame()
-    return [
-        [str(colour), float(weight), int(age)]
-        for colour, weight, age in frame.head(8).itertuples(index=False)
-    ]
 
 
 def as_records(names: list[str], rows: list[list[Any]]) -> list[dict[str, Any]]:

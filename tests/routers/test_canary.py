@@ -19,8 +19,8 @@ from app.config import Settings
 from app.main import create_app
 from app.registry import ModelEntry, ModelRegistry
 from schemas.cards import TrafficSplit
-from tests.conftest import FLOWER_FEATURES, build_store
-from tests.routers.test_predict import assert_class_predictions, flower_rows, oracle
+from tests.conftest import FLOWER_FEATURES, build_store, flower_rows
+from tests.routers.test_predict import assert_class_predictions, oracle
 
 COOKIE = "modelport_session"
 SESSION_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,128}")

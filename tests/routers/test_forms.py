@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import FLOWER_FEATURES, build_store
-from tests.routers.test_predict import PETS_FEATURES, assert_envelope, flower_rows, oracle
+from tests.conftest import FLOWER_FEATURES, build_store, flower_rows
+from tests.routers.test_predict import PETS_FEATURES, assert_envelope, oracle
 
 ENCODINGS = ["urlencoded", "multipart"]
 FLOWERS = dict(zip(FLOWER_FEATURES, ["5.1", "3.5", "1.4", "0.2"], strict=True))

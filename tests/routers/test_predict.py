@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import FLOWER_FEATURES, flower_data, pets_frame
+from tests.conftest import FLOWER_FEATURES, flower_rows, pet_rows
 
 JSON = {"content-type": "application/json"}
 PETS_FEATURES = ["colour", "weight", "age"]
@@ -65,23 +65,6 @@ def assert_envelope(response: httpx2.Response, status: int, kind: str) -> Any:
     assert set(body) == {"error", "detail"}
     assert body["error"] == kind
     return body["detail"]
-
-
-def flower_rows(count: int = 6) -> list[list[float]]:
-    """Training rows spread over the three classes; a few training rows have a negative
-    width (noise around 0.2) that the card's minimum of 0 refuses, so they are skipped."""
-    x, _ = flower_data()
-    valid = x[(x >= 0).all(axis=1)]
-    picked = valid[:: len(valid) // count][:count]
-    return [[round(float(v), 3) for v in row] for row in picked]
-
-
-def pet_rows() -> list[list[Any]]:
-    frame, _ = pets_frame()
-    return [
-        [str(colour), float(weight), int(age)]
-        for colour, weight, age in frame.head(8).itertuples(index=False)
-    ]
 
 
 def record(names: list[str], row: list[Any]) -> dict[str, Any]:

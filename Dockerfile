@@ -1,27 +1,52 @@
-# modelport image. Minimal for now; the container issue adds CI builds, hardening and docs.
+# modelport: gunicorn with uvicorn workers serving the model store at /srv/models.
+#
+#   docker build -t modelport .
+#   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp --tmpfs /dev/shm modelport
+#
+# Models: the bundled examples are trained at build time into /srv/models. To serve your own
+# store instead, mount it over them, read-only (the server never writes to it):
+#   docker run --rm -p 8000:8000 -v ./models:/srv/models:ro modelport
+# Settings are MODELPORT_* environment variables (`-e MODELPORT_WORKERS=4`); see README.md.
+# The root filesystem may be read-only: the server writes only to /tmp and /dev/shm.
+#
+# Base image: any Debian-like image with python3 (>= 3.11) and its venv module, e.g.
+#   --build-arg BASE_IMAGE=localhost/modelport-base
+# Offline builds (CI): put wheels for the runtime dependencies and the build backend in ./wheels
+# (`pip wheel -c constraints.txt --wheel-dir wheels hatchling==... <dependencies>`) and add
+#   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/wheels
+# pip reads both from the environment; left unset, `docker build .` installs from PyPI.
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
-COPY app ./app
-COPY routers ./routers
-COPY schemas ./schemas
+COPY . .
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt . \
     && /opt/venv/bin/modelport train --model-dir /opt/models
 
 FROM ${BASE_IMAGE}
-RUN useradd --system --uid 10001 --no-create-home modelport
+RUN groupadd --system --gid 10001 modelport \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin modelport
+# Both owned by root: the server (UID 10001) can read its code and models but not change them.
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/models /srv/models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     MODELPORT_HOST=0.0.0.0 \
+    MODELPORT_PORT=8000 \
     MODELPORT_MODEL_DIR=/srv/models
 WORKDIR /srv
-USER 10001
+USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+# No curl in slim images: Python's urllib asks /readyz (200 once every model is loaded).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MODELPORT_PORT', '8000'), timeout=4)"]
+# gunicorn's master (exec'd by `modelport serve`, so PID 1) drains workers on SIGTERM.
+STOPSIGNAL SIGTERM
 CMD ["modelport", "serve"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
-from app.config import get_settings
+from app.config import get_settings, pid_file_of
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -44,6 +45,19 @@ def _serve(args: argparse.Namespace) -> int:
     # exec, so gunicorn's master takes this PID and receives SIGTERM/SIGHUP directly.
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app.main:app"]
     os.execv(sys.executable, argv)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """SIGHUP to the running server's master: fresh workers load the store, old ones drain."""
+    pid_file = pid_file_of(get_settings())
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"modelport reload: no running server found via {pid_file}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    print(f"sent SIGHUP to modelport (pid {pid}): workers are reloading the model store")  # noqa: T201
+    return 0
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -89,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="Run gunicorn with uvicorn workers (settings from MODELPORT_*)."
     )
     serve.set_defaults(handler=_serve)
+    reload = commands.add_parser(
+        "reload", help="Reload the model store in every worker of the running server."
+    )
+    reload.set_defaults(handler=_reload)
     dev = commands.add_parser("dev", help="Run uvicorn with --reload for development.")
     dev.set_defaults(handler=_dev)
     return parser

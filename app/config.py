@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra types trusted when loading .skops artifacts (comma-separated).",
     )
+    api_key: SecretStr | None = Field(
+        default=None, description="When set, prediction routes require it in the X-API-Key header."
+    )
+    pid_file: Path | None = Field(
+        default=None,
+        description="gunicorn master's PID file (default: /tmp/modelport-<port>.pid), used by `modelport reload`.",
+    )
     log_level: str = Field(default="info", description="gunicorn/uvicorn log level.")
 
     @field_validator("cors_origins")
@@ -86,6 +93,10 @@ class Settings(BaseSettings):
         if "*" in origins:
             raise ValueError("'*' is not allowed: list explicit origins (credentials are enabled)")
         return origins
+
+
+def pid_file_of(settings: Settings) -> Path:
+    return settings.pid_file or Path(f"/tmp/modelport-{settings.port}.pid")
 
 
 @lru_cache

@@ -4,10 +4,11 @@ import re
 import secrets
 from typing import Annotated
 
-from fastapi import Cookie, Depends, Path, Request, Response
+from fastapi import Cookie, Depends, Path, Request, Response, Security
+from fastapi.security import APIKeyHeader
 
 from app.config import Settings
-from app.errors import MalformedBody, UnsupportedMediaType
+from app.errors import MalformedBody, Unauthorized, UnsupportedMediaType
 from app.inference import LoadedModel
 from app.registry import ModelRegistry
 
@@ -106,3 +107,27 @@ async def read_json_body(request: Request) -> bytes:
 
 
 JsonBody = Annotated[bytes, Depends(read_json_body)]
+
+
+_API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="Required on prediction routes when MODELPORT_API_KEY is set.",
+)
+
+
+def require_api_key(
+    settings: SettingsDep, offered: Annotated[str | None, Security(_API_KEY_HEADER)] = None
+) -> None:
+    """Prediction routes' guard: with an API key configured, the X-API-Key header must match it
+    (compared in constant time, so response timing does not leak how much of a guess was right)."""
+    expected = settings.api_key
+    if expected is None:
+        return
+    if offered is None or not secrets.compare_digest(
+        offered.encode(), expected.get_secret_value().encode()
+    ):
+        raise Unauthorized("Missing or invalid API key: send it in the X-API-Key header")
+
+
+ApiKeyGuard = Depends(require_api_key)

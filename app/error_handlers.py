@@ -64,7 +64,9 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
             exc.detail,
             exc_info=exc.__cause__,
         )
-    return error_response(exc.status_code, exc.kind, exc.detail, path=request.url.path)
+    response = error_response(exc.status_code, exc.kind, exc.detail, path=request.url.path)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

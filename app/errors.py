@@ -10,6 +10,7 @@ from typing import Any
 
 class ServiceError(Exception):
     status_code = 500
+    headers: dict[str, str] = {}  # extra response headers; per class, never mutated
 
     def __init__(self, detail: str | list[dict[str, Any]] | dict[str, Any]) -> None:
         super().__init__(detail if isinstance(detail, str) else type(self).__name__)
@@ -18,6 +19,11 @@ class ServiceError(Exception):
     @property
     def kind(self) -> str:
         return type(self).__name__
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "ApiKey"}
 
 
 class ModelNotFound(ServiceError):

@@ -1,9 +1,17 @@
 """gunicorn configuration, driven by the same Settings as the app (`MODELPORT_*`).
 
 Used by `modelport serve` as `gunicorn -c python:app.gunicorn_conf app.main:app`.
+Signals: HUP starts fresh workers (which load the store anew) and retires the old ones
+gracefully; TERM drains in-flight requests for up to `graceful_timeout`.
 """
 
-from app.config import get_settings
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from app.config import get_settings, pid_file_of
 
 _settings = get_settings()
 
@@ -15,6 +23,7 @@ timeout = _settings.worker_timeout
 graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive
 loglevel = _settings.log_level
+pidfile = str(pid_file_of(_settings))
 # Heartbeat files on tmpfs: a worker's heartbeat never waits on a slow or full disk.
 worker_tmp_dir = "/dev/shm"
 # No gunicornc control socket: it defaults to one path under $HOME, which two servers on one
@@ -24,3 +33,20 @@ control_socket_disable = True
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+
+# Prometheus multiprocess mode: every worker writes its samples into one directory that /metrics
+# aggregates. Set here, in the master, so workers inherit it before importing prometheus_client;
+# a directory left by an earlier run would add stale counts, so each start gets a fresh one.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _metrics_dir:
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    Path(_metrics_dir).mkdir(parents=True)
+else:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelport-metrics-")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # Keep a dead worker's counters, drop its live gauges.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, Validat
 from typing_extensions import TypedDict
 
 from app.errors import InferenceError, InvalidInput, MalformedBody, PayloadTooLarge, clean_errors
+from app.metrics import BATCH_SIZE, PREDICTED_ROWS, PREDICTIONS
 from schemas.cards import FeatureSpec, FeatureValue, ModelCard
 from schemas.predict import ClassPrediction, PredictionResponse, ValuePrediction
 
@@ -277,8 +278,15 @@ class ModelOutput:
     probabilities: np.ndarray[Any, Any] | None  # float64, shape (n, n_classes), in classes_ order
 
 
-def run(model: LoadedModel, rows: list[Row]) -> ModelOutput:
-    """The one place a request's rows meet the estimator. CPU-bound: call it off the event loop."""
+def run(model: LoadedModel, rows: list[Row], *, observe: bool = True) -> ModelOutput:
+    """The one place a request's rows meet the estimator. CPU-bound: call it off the event loop.
+
+    `observe=False` keeps a call out of the metrics (the registry's load-time self-check)."""
+    if observe:
+        labels = (model.name, str(model.version))
+        PREDICTIONS.labels(*labels).inc()
+        PREDICTED_ROWS.labels(*labels).inc(len(rows))
+        BATCH_SIZE.labels(*labels).observe(len(rows))
     features = model.inputs.to_model_input(rows)
     estimator = model.estimator
     where = f"Model {model.name} v{model.version}"
@@ -325,9 +333,9 @@ def run(model: LoadedModel, rows: list[Row]) -> ModelOutput:
 _NON_FINITE_OUTPUT = "The model gives no finite answer for this row: are its values far outside the range seen in training?"
 
 
-def predict(model: LoadedModel, rows: list[Row]) -> PredictionResponse:
+def predict(model: LoadedModel, rows: list[Row], *, observe: bool = True) -> PredictionResponse:
     """Predictions for validated rows, in the friendly API's shape."""
-    output = run(model, rows)
+    output = run(model, rows, observe=observe)
     items: list[ClassPrediction] | list[ValuePrediction]
     if model.card.task == "regression":
         items = [ValuePrediction(value=value) for value in output.predictions.tolist()]

@@ -12,6 +12,7 @@ from app.config import Settings, get_settings
 from app.docs import install_docs, install_openapi
 from app.error_handlers import EnvelopeCORSMiddleware, add_exception_handlers
 from app.limits import BodyLimitMiddleware
+from app.observability import ObservabilityMiddleware, configure_access_log
 from app.registry import ModelRegistry
 from routers import files, forms, health, models, predict, v2
 
@@ -51,6 +52,7 @@ def _operation_id(route: APIRoute) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
+    configure_access_log()
     registry = ModelRegistry(
         settings.model_dir, max_rows=settings.max_rows, trusted_types=settings.skops_trusted_types
     )
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     add_exception_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
-    if settings.cors_origins:  # added last, so outermost: even a 413 carries CORS headers
+    if settings.cors_origins:  # outside the body limit: even a 413 carries CORS headers
         app.add_middleware(
             EnvelopeCORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -84,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    # Outermost: every request, refused ones included, gets an id, a log line and metrics.
+    app.add_middleware(ObservabilityMiddleware)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(predict.router)

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 
 from app.errors import InferenceError, InvalidInput, ModelNotFound, ModelUnavailable
 from app.inference import InputSchema, LoadedModel, predict
+from app.metrics import MODEL_LOAD_SECONDS, MODEL_LOADED
 from schemas.cards import MODEL_NAME_PATTERN, ModelCard, TrafficSplit
 
 logger = logging.getLogger("modelport.registry")
@@ -132,7 +134,7 @@ def load_version(
     except InvalidInput as exc:
         raise ArtifactRefused(f"the card's example fails its own schema: {exc.detail}") from exc
     try:
-        example_response = predict(model, rows)
+        example_response = predict(model, rows, observe=False)
     except (InferenceError, InvalidInput) as exc:
         raise ArtifactRefused(f"the model cannot predict its example: {exc.detail}") from exc
     return replace(model, example_response=example_response.model_dump(mode="json"))
@@ -218,6 +220,7 @@ def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> S
                 )
                 continue
             version = int(version_path.name)
+            started = time.perf_counter()
             try:
                 entry.versions[version] = load_version(
                     version_path,
@@ -233,6 +236,8 @@ def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> S
                 logger.exception("unexpected error loading %s", version_path)
                 entry.unavailable[version] = f"cannot load: {type(exc).__name__}: {exc}"
                 problems[f"{name}/{version}"] = entry.unavailable[version]
+            MODEL_LOADED.labels(name, str(version)).set(1 if version in entry.versions else 0)
+            MODEL_LOAD_SECONDS.labels(name, str(version)).set(time.perf_counter() - started)
         traffic_path = model_path / TRAFFIC_FILE
         if traffic_path.is_file():
             try:

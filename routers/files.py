@@ -4,7 +4,7 @@ from fastapi import APIRouter, File, Header, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import ModelDep, SettingsDep
+from app.dependencies import ApiKeyGuard, ModelDep, SettingsDep
 from app.inference import LoadedModel, predict
 from app.tabular import CsvTable, csv_reply_lines
 from app.uploads import read_upload
@@ -15,8 +15,10 @@ from schemas.predict import PredictionResponse
 router = APIRouter(
     prefix="/models",
     tags=["predict"],
+    dependencies=[ApiKeyGuard],
     responses=error_responses(
         {
+            401: "An API key is configured and the request lacks it.",
             400: "The file cannot be read (not UTF-8, bad quoting, broken image).",
             404: "Unknown model.",
             413: "Upload, rows or image pixels over the limit.",

@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import ModelDep
+from app.dependencies import ApiKeyGuard, ModelDep
 from app.errors import UnsupportedMediaType
 from app.form_page import render_form_page
 from app.forms import OPTION_FIELDS, form_reply, read_form
@@ -34,8 +34,10 @@ def _predict_form(model: LoadedModel, fields: list[tuple[str, str]]) -> FormPred
 @router.post(
     "/{model_name}/predict/form",
     openapi_extra=_REQUEST_BODY,
+    dependencies=[ApiKeyGuard],
     responses=error_responses(
         {
+            401: "An API key is configured and the request lacks it.",
             400: "The form cannot be parsed (or it carries a file).",
             404: "Unknown model.",
             413: "Form over the upload limit.",

@@ -1,7 +1,8 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.dependencies import RegistryDep
 from app.errors import NotReady
+from app.metrics import render
 from schemas.errors import ErrorResponse
 from schemas.health import HealthStatus, ReadinessStatus
 
@@ -45,3 +46,10 @@ async def readiness(registry: RegistryDep) -> ReadinessStatus:
     problems = registry.problems or {"store": "no models in the store"}
     body = ReadinessStatus(status="not ready", models=loaded, unavailable=problems)
     raise NotReady(body.model_dump())
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics() -> Response:
+    """Prometheus metrics, aggregated across every gunicorn worker."""
+    body, content_type = render()
+    return Response(content=body, media_type=content_type)

@@ -3,7 +3,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import JsonBody, ModelDep, ModelVersionDep
+from app.dependencies import ApiKeyGuard, JsonBody, ModelDep, ModelVersionDep
 from app.inference import LoadedModel, predict
 from schemas.errors import error_responses
 from schemas.predict import PredictionRequest, PredictionResponse
@@ -11,8 +11,10 @@ from schemas.predict import PredictionRequest, PredictionResponse
 router = APIRouter(
     prefix="/models",
     tags=["predict"],
+    dependencies=[ApiKeyGuard],
     responses=error_responses(
         {
+            401: "An API key is configured and the request lacks it.",
             400: "Body is not valid JSON (or not UTF-8).",
             404: "Unknown model or version.",
             413: "Body or row count over the limit.",

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import ModelName, ModelVersion, RegistryDep
+from app.dependencies import ApiKeyGuard, ModelName, ModelVersion, RegistryDep
 from app.errors import ModelUnavailable
 from app.inference import LoadedModel, run
 from app.registry import ModelRegistry
@@ -33,6 +33,10 @@ router = APIRouter(
         # "4XX" also stops FastAPI documenting its own 422 body, which /v2 never sends.
         "4XX": {"model": V2Error, "description": 'Client error: `{"error": "<message>"}`.'},
         400: {"model": V2Error, "description": "Malformed request or tensors."},
+        401: {
+            "model": V2Error,
+            "description": "An API key is configured and the request lacks it.",
+        },
         404: {"model": V2Error, "description": "Unknown model or version."},
         413: {"model": V2Error, "description": "Body or rows over the limit."},
         503: {"model": V2Error, "description": "Not ready, or the model could not be loaded."},
@@ -158,6 +162,7 @@ async def _infer_response(
 @router.post(
     "/models/{model_name}/infer",
     openapi_extra=_INFER_BODY,
+    dependencies=[ApiKeyGuard],
     responses=_INFER_RESPONSES,
     response_model=None,
 )
@@ -174,6 +179,7 @@ async def infer_default(
 @router.post(
     "/models/{model_name}/versions/{version}/infer",
     openapi_extra=_INFER_BODY,
+    dependencies=[ApiKeyGuard],
     responses=_INFER_RESPONSES,
     response_model=None,
 )

@@ -104,6 +104,8 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
         routes=app.routes,
         tags=TAGS,
     )
+    if app.state.settings.api_key is None:
+        _drop_api_key_scheme(document)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     # Bodies read raw (so no parameter declares them) but documented by reference.
     for raw_body in (InferenceRequest,):
@@ -130,6 +132,15 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
     return document
 
 
+def _drop_api_key_scheme(document: dict[str, Any]) -> None:
+    """With no API key configured the prediction routes are open: say so, rather than document
+    a header the server does not ask for."""
+    document.get("components", {}).pop("securitySchemes", None)
+    for item in document["paths"].values():
+        for operation in item.values():
+            operation.pop("security", None)
+
+
 def _form_operation(
     generic: dict[str, Any], model: LoadedModel, tag: str, schemas: dict[str, Any]
 ) -> dict[str, Any]:
@@ -145,7 +156,11 @@ def _form_operation(
     if model.card.task == "classification":
         properties["top_k"] = {**options["top_k"], "maximum": len(classes)}
     if len(classes) == 2:
-        properties["threshold"] = options["threshold"]
+        # Optional, so not null: a form field is either sent or left out.
+        properties["threshold"] = {
+            key: value for key, value in options["threshold"].items() if key != "anyOf"
+        }
+        properties["threshold"].update({"type": "number", "minimum": 0, "maximum": 1})
     schema = {
         "type": "object",
         "properties": properties,

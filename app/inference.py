@@ -15,7 +15,15 @@ from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 import pandas as pd
-from pydantic import ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
 from typing_extensions import TypedDict
 
 from app.errors import InferenceError, InvalidInput, MalformedBody, PayloadTooLarge, clean_errors
@@ -31,6 +39,9 @@ _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 _TEXT = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
 # Integers beyond 2**53 cannot be held exactly by the float64 matrices models receive.
 _INT_LIMIT = 2**53
+# Floats beyond float32's range are finite in JSON but become infinity in estimators that
+# compute in float32 (trees and forests do), so they are refused up front.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INSTANCE_SHAPE_ERROR = (
     "Each instance must be an object keyed by feature name or an array in feature order"
 )
@@ -44,6 +55,13 @@ def _instance_kind(value: Any) -> str | None:
     if isinstance(value, list | tuple):
         return "row"
     return None
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    """3.0 is an integer (as JSON Schema says); 3.5, true and "3" are still refused."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
 
 
 def _feature_type(feature: FeatureSpec) -> Any:
@@ -65,8 +83,14 @@ def _feature_type(feature: FeatureSpec) -> Any:
             if feature.maximum is not None
             else _INT_LIMIT
         )
-        return Annotated[int, Field(ge=low, le=high, **common)]
-    return Annotated[float, Field(ge=feature.minimum, le=feature.maximum, **common)]
+        # Field before the validator: the other order documents `ge`/`le` instead of
+        # `minimum`/`maximum` in the JSON schema (seen with pydantic 2.14).
+        return Annotated[
+            int, Field(ge=low, le=high, **common), BeforeValidator(_integral_float_to_int)
+        ]
+    lowest = -FLOAT32_MAX if feature.minimum is None else max(feature.minimum, -FLOAT32_MAX)
+    highest = FLOAT32_MAX if feature.maximum is None else min(feature.maximum, FLOAT32_MAX)
+    return Annotated[float, Field(ge=lowest, le=highest, **common)]
 
 
 def _typed_dict(name: str, fields: dict[str, Any], config: ConfigDict = _STRICT) -> Any:

@@ -52,6 +52,8 @@ def _reload(args: argparse.Namespace) -> int:
     pid_file = pid_file_of(get_settings())
     try:
         pid = int(pid_file.read_text().strip())
+        if pid <= 0:  # 0 and negatives would signal whole process groups, never one server
+            raise ValueError(f"invalid pid {pid}")
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         print(f"modelport reload: no running server found via {pid_file}: {exc}", file=sys.stderr)  # noqa: T201

@@ -38,6 +38,7 @@ limit_request_field_size = 8190
 # aggregates. Set here, in the master, so workers inherit it before importing prometheus_client;
 # a directory left by an earlier run would add stale counts, so each start gets a fresh one.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_own_metrics_dir = not _metrics_dir
 if _metrics_dir:
     shutil.rmtree(_metrics_dir, ignore_errors=True)
     Path(_metrics_dir).mkdir(parents=True)
@@ -50,3 +51,8 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    if _own_metrics_dir:  # one we made: nobody else will read it
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -33,6 +33,16 @@ def configure_access_log() -> None:
     access_logger.propagate = False
 
 
+def _route_label(scope: Scope, status: int) -> str:
+    template = getattr(scope.get("route"), "path", None)
+    if template:
+        return str(template)
+    # FastAPI records the route only for API routes. Other successful answers come from a fixed
+    # set of paths (/openapi.json, the docs' assets), so their raw path is a bounded label; any
+    # other path a client makes up is "unmatched".
+    return str(scope["path"]) if status < 400 else "unmatched"
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -63,7 +73,7 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             latency = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = _route_label(scope, status)
             method = scope["method"]
             REQUESTS.labels(route, method, str(status)).inc()
             LATENCY.labels(route, method).observe(latency)

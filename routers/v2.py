@@ -156,7 +156,7 @@ async def _infer_response(
 ) -> Response:
     body = await request.body()
     content, headers = await run_in_threadpool(_infer, model, body, header_length)
-    return Response(content=content, headers=headers)
+    return Response(content=content, headers={**headers, "X-Model-Version": str(model.version)})
 
 
 @router.post(

@@ -4,7 +4,8 @@
 #   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp --tmpfs /dev/shm modelport
 #
 # Models: the bundled examples are trained at build time into /srv/models. To serve your own
-# store instead, mount it over them, read-only (the server never writes to it):
+# store instead, mount it over them, read-only (the server never writes to it; UID 10001 must be
+# able to read it):
 #   docker run --rm -p 8000:8000 -v ./models:/srv/models:ro modelport
 # Settings are MODELPORT_* environment variables (`-e MODELPORT_WORKERS=4`); see README.md.
 # The root filesystem may be read-only: the server writes only to /tmp and /dev/shm.
@@ -15,6 +16,7 @@
 # (`pip wheel -c constraints.txt --wheel-dir wheels hatchling==... <dependencies>`) and add
 #   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/src/wheels
 # pip reads both from the environment; left unset, `docker build .` installs from PyPI.
+# podman/buildah: add --format docker, or the HEALTHCHECK is dropped (OCI image configs lack it).
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -24,13 +26,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY . .
+# Third-party test suites (numpy, scipy, pandas, scikit-learn: ~110 MB) are never imported.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt . \
+    && find /opt/venv -type d -name tests -prune -exec rm -rf {} + \
     && /opt/venv/bin/modelport train --model-dir /opt/models
 
 FROM ${BASE_IMAGE}
-RUN groupadd --system --gid 10001 modelport \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+RUN groupadd --gid 10001 modelport \
+    && useradd --uid 10001 --gid 10001 --no-log-init --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin modelport
 # Both owned by root: the server (UID 10001) can read its code and models but not change them.
 COPY --from=build /opt/venv /opt/venv

@@ -1,7 +1,8 @@
 """The inference core: from request bytes (or Python rows) to predictions, free of FastAPI.
 
-Every surface (JSON, and later file, form and v2) goes through `InputSchema.validate_*` and
-`predict`, so validation rules and prediction behaviour are the same everywhere.
+Every surface (JSON, file, form and v2) goes through an `InputSchema.validate_*` method and
+then `run` (the one call into the estimator), so validation rules, prediction behaviour and
+metrics are the same everywhere.
 """
 
 from __future__ import annotations

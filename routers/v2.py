@@ -46,10 +46,6 @@ router = APIRouter(
 SERVER_VERSION = "0.1.0"
 
 
-def _model(registry: ModelRegistry, name: str, version: int | None) -> LoadedModel:
-    return registry.get(name, version)
-
-
 @router.get("")
 async def server_metadata() -> ServerMetadata:
     """Server name, version and the protocol extensions it supports."""
@@ -72,7 +68,7 @@ async def server_ready(registry: RegistryDep) -> Any:
 
 
 def _metadata(registry: ModelRegistry, name: str, version: int | None) -> ModelMetadata:
-    model = _model(registry, name, version)
+    model = registry.get(name, version)
     return model_metadata(model, sorted(registry.entry(name).versions))
 
 
@@ -92,7 +88,7 @@ async def model_metadata_version(
 
 def _ready(registry: ModelRegistry, name: str, version: int | None) -> Any:
     try:
-        model = _model(registry, name, version)
+        model = registry.get(name, version)
     except ModelUnavailable:
         return JSONResponse(ModelReadyStatus(name=name, ready=False).model_dump(), status_code=503)
     return ModelReadyStatus(name=model.name, ready=True)
@@ -173,7 +169,7 @@ async def infer_default(
     header_length: HeaderLength = None,
 ) -> Response:
     """Inference on the default version: JSON or binary tensors in, `predict`/`predict_proba` out."""
-    return await _infer_response(_model(registry, model_name, None), request, header_length)
+    return await _infer_response(registry.get(model_name, None), request, header_length)
 
 
 @router.post(
@@ -191,4 +187,4 @@ async def infer_version(
     header_length: HeaderLength = None,
 ) -> Response:
     """Inference on a pinned version."""
-    return await _infer_response(_model(registry, model_name, version), request, header_length)
+    return await _infer_response(registry.get(model_name, version), request, header_length)

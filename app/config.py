@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         ge=1,
         description="Seconds workers get to finish in-flight requests on shutdown.",
     )
+    header_timeout: float = Field(
+        default=10, gt=0, description="Seconds a client has to send a request's line and headers."
+    )
     keepalive: int = Field(
         default=5, ge=0, description="Seconds to hold idle keep-alive connections."
     )

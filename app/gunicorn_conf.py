@@ -17,8 +17,9 @@ _settings = get_settings()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-# The maintained worker class (`uvicorn.workers` is deprecated in favour of uvicorn-worker).
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn-worker's worker (the maintained one; `uvicorn.workers` is deprecated), with limits on
+# the request head that gunicorn's limit_request_* settings would give a sync worker.
+worker_class = "app.worker.ModelportWorker"
 timeout = _settings.worker_timeout
 graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive
@@ -29,10 +30,6 @@ worker_tmp_dir = "/dev/shm"
 # No gunicornc control socket: it defaults to one path under $HOME, which two servers on one
 # host would share and a read-only root filesystem cannot hold. Signals (HUP, TERM) suffice.
 control_socket_disable = True
-# Headers from a client are bounded; bodies are bounded by the app (max_body_bytes).
-limit_request_line = 8190
-limit_request_fields = 100
-limit_request_field_size = 8190
 
 # Prometheus multiprocess mode: every worker writes its samples into one directory that /metrics
 # aggregates. Set here, in the master, so workers inherit it before importing prometheus_client;

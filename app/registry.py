@@ -198,14 +198,19 @@ class StoreSnapshot:
 
 def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> StoreSnapshot:
     if not model_dir.is_dir():
-        return StoreSnapshot(
-            entries={}, problems={str(model_dir): "model store directory does not exist"}
+        reason = (
+            "is not a directory" if model_dir.exists() else "model store directory does not exist"
         )
+        return StoreSnapshot(entries={}, problems={str(model_dir): reason})
     entries: dict[str, ModelEntry] = {}
     problems: dict[str, str] = {}
-    for model_path in sorted(
-        p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-    ):
+    model_paths = []
+    for path in sorted(p for p in model_dir.iterdir() if not p.name.startswith(".")):
+        if path.is_dir():
+            model_paths.append(path)
+        elif path.is_symlink():  # a model folder whose link target is gone must not vanish silently
+            problems[path.name] = "broken symlink: its target does not exist"
+    for model_path in model_paths:
         name = model_path.name
         if not re.fullmatch(MODEL_NAME_PATTERN, name):
             problems[name] = f"invalid model name (must match {MODEL_NAME_PATTERN})"

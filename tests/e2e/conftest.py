@@ -61,6 +61,40 @@ class Server:
         return children
 
 
+def address(server: Server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def read_reply(conn: socket.socket) -> tuple[bytes, bytes]:
+    """Status line and headers, and the body (by Content-Length), of one HTTP reply read from a
+    raw socket. A reset ends the read: whatever arrived before it is returned."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        return data, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    try:
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    except ConnectionResetError:
+        pass
+    return head, body
+
+
 def start_server(store: Path, log: Path, **settings: str) -> Server:
     port = free_port()
     env = {

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from schemas.cards import ModelCard
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.conftest import Server, address, read_reply, start_server, stop_server
 from tests.e2e.faulty_model import MAGIC, MESSAGE, write_faulty_model
 
 pytestmark = pytest.mark.e2e
@@ -40,11 +40,6 @@ def _copy_store(trained_store: Path, tmp_path: Path) -> Path:
 
 def _card(store: Path, name: str, version: int = 1) -> ModelCard:
     return ModelCard.model_validate_json((store / name / str(version) / "card.json").read_bytes())
-
-
-def _address(server: Server) -> tuple[str, int]:
-    host, port = server.url.removeprefix("http://").split(":")
-    return host, int(port)
 
 
 def _envelope(response: httpx.Response, status: int, kind: str) -> Any:
@@ -80,31 +75,13 @@ def _raw_request(server: Server, request: bytes, *, timeout: float = 10.0) -> Ra
     """Send exact bytes (no client-side URL normalising) and read one answer. A server that
     neither answers nor closes within `timeout` fails the test: it is holding the client."""
     started = time.monotonic()
-    data = b""
-    with socket.create_connection(_address(server), timeout=timeout) as conn:
+    with socket.create_connection(address(server), timeout=timeout) as conn:
         try:
             conn.sendall(request)
         except (BrokenPipeError, ConnectionResetError):
             pass  # it answered and closed before taking everything: read what it said
         try:
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            while len(body) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-        except ConnectionResetError:
-            head, body = data, b""
+            head, body = read_reply(conn)
         except TimeoutError:
             pytest.fail(f"no answer and no close within {timeout} s to {request[:80]!r}…")
     status = int(head[9:12]) if head.startswith(b"HTTP/1.") and len(head) >= 12 else None
@@ -269,7 +246,7 @@ def _abandoned_upload(server: Server, declared: int = 10 * MIB, sent: int = MIB)
         b"Content-Type: multipart/form-data; boundary=" + BOUNDARY + b"\r\n"
         b"Content-Length: %d\r\n\r\n" % declared
     )
-    with socket.create_connection(_address(server), timeout=10) as conn:
+    with socket.create_connection(address(server), timeout=10) as conn:
         conn.sendall(request + payload)
 
 
@@ -472,7 +449,7 @@ def _trickle(run: Trickle) -> None:
     conns: list[socket.socket] = []
     try:
         for _ in range(TRICKLERS):
-            conn = socket.create_connection(_address(run.server), timeout=5)
+            conn = socket.create_connection(address(run.server), timeout=5)
             conn.sendall(TRICKLE_START)
             conns.append(conn)
         opened = time.monotonic()

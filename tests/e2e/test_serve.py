@@ -17,7 +17,7 @@ from sklearn import datasets
 
 from schemas.cards import ModelCard
 from tests.conftest import pets_frame
-from tests.e2e.conftest import BIN, REPO, Server, free_port
+from tests.e2e.conftest import BIN, REPO, Server, address, free_port, read_reply
 
 pytestmark = pytest.mark.e2e
 
@@ -159,8 +159,7 @@ def test_hostile_bodies_get_4xx_envelope_and_workers_survive(server: Server, bod
 
 
 def _raw_exchange(server: Server, request: bytes, body_chunks: int = 0) -> bytes:
-    host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as conn:
+    with socket.create_connection(address(server), timeout=30) as conn:
         conn.sendall(request)
         chunk = b"x" * (1 << 20)
         for _ in range(body_chunks):
@@ -168,13 +167,8 @@ def _raw_exchange(server: Server, request: bytes, body_chunks: int = 0) -> bytes
                 conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             except OSError:  # the server answered and closed early: what we want
                 break
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            data = conn.recv(65536)
-            if not data:
-                break
-            reply += data
-        return reply
+        head, _ = read_reply(conn)
+        return head
 
 
 def test_declared_oversized_body_is_refused_before_reading(server: Server) -> None:

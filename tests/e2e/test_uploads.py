@@ -20,7 +20,7 @@ from sklearn.datasets import load_breast_cancer
 
 from app.registry import ModelRegistry
 from schemas.cards import ModelCard
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, address, read_reply
 from tests.routers.test_canary import COOKIE, session_routed_to
 from tests.routers.test_files import bomb_png, digit_image, held_out_digits
 from tests.routers.test_forms import FormPage
@@ -228,33 +228,6 @@ def test_new_clients_get_a_cookie_that_predicts_their_version(server: Server) ->
 
 
 # -- hostile uploads --------------------------------------------------------------------------
-
-
-def address(server: Server) -> tuple[str, int]:
-    host, port = server.url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def read_reply(conn: socket.socket) -> tuple[bytes, bytes]:
-    """Status line and headers, and the body (by Content-Length), of one HTTP reply."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return head, body
 
 
 def multipart_head(filename: str = "big.csv") -> bytes:

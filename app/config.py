@@ -59,11 +59,6 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=40_000_000, ge=64, description="Largest image accepted, in pixels (width × height)."
     )
-    session_cookie: str = Field(
-        default="modelport_session",
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Cookie that pins a client to a canary version.",
-    )
     cookie_secure: bool = Field(
         default=False, description="Mark the session cookie Secure (HTTPS only)."
     )

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 KSERVE_VENV ?= .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
 
-.PHONY: serve dev train test lint format lock clean
+.PHONY: serve dev train test lint format lock clean bench bench-quick
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python >= 3.11"'
@@ -32,10 +32,19 @@ dev: train
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy app routers schemas tests
+	$(BIN)/mypy app routers schemas tests benchmarks
 
 test: lint $(KSERVE_STAMP)
 	KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(BIN)/pytest
+
+# modelport against the Flask prototype, a naive FastAPI port and two ceilings (needs wrk and two
+# cores; ~10 minutes). Trains its models into a temporary store; writes benchmarks/results/latest.*.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+# The same harness in about a minute, results in a temporary directory: proves it runs.
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
 
 format: $(STAMP)
 	$(BIN)/ruff format .

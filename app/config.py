@@ -46,6 +46,21 @@ class Settings(BaseSettings):
     max_rows: int = Field(
         default=10_000, ge=1, description="Most rows one prediction request may carry."
     )
+    batch_max_rows: int = Field(
+        default=256,
+        ge=1,
+        description="Micro-batching: most rows of concurrent requests gathered into one estimator call.",
+    )
+    batch_max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Micro-batching: how long a batch formed under load waits for more requests (milliseconds; a lone request never waits).",
+    )
+    batching: bool = Field(
+        default=True,
+        description="Micro-batching on (concurrent requests to one model version share estimator calls).",
+    )
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024,
         ge=1024,

@@ -23,13 +23,34 @@ from fastapi.staticfiles import StaticFiles
 
 from app.inference import LoadedModel
 from app.registry import ModelRegistry
+from app.v2 import (
+    HEADER_LENGTH,
+    HEADER_LENGTH_DIGITS,
+    v2_datatypes,
+    v2_example,
+    v2_layout,
+    v2_outputs,
+)
 from schemas.forms import FormOptions
-from schemas.v2 import InferenceRequest
+from schemas.v2 import InferenceRequest, RequestInput, RequestOutput
 
 DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/static/docs"
-GENERIC_PREDICT_PATH = "/models/{model_name}/predict"
-GENERIC_FORM_PATH = "/models/{model_name}/predict/form"
+PREDICT_PATH = "/models/{model_name}/predict"
+VERSION_PREDICT_PATH = "/models/{model_name}/versions/{version}/predict"
+FILE_PATH = "/models/{model_name}/predict/file"
+FORM_PATH = "/models/{model_name}/predict/form"
+INFER_PATH = "/v2/models/{model_name}/infer"
+VERSION_INFER_PATH = "/v2/models/{model_name}/versions/{version}/infer"
+# The templated prediction routes: served, but documented per model instead (build_openapi).
+TEMPLATED_PATHS = (
+    PREDICT_PATH,
+    VERSION_PREDICT_PATH,
+    FILE_PATH,
+    FORM_PATH,
+    INFER_PATH,
+    VERSION_INFER_PATH,
+)
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 TAGS = [
@@ -37,11 +58,11 @@ TAGS = [
     {"name": "models", "description": "The model catalogue: cards, versions, traffic splits."},
     {
         "name": "v2",
-        "description": "The Open Inference Protocol (KServe V2 / Triton / MLServer): unmodified tritonclient and KServe clients work here.",
+        "description": "The Open Inference Protocol (KServe V2 / Triton / MLServer): unmodified tritonclient and KServe clients work here. Each model's typed `infer` operations are listed under its tag below.",
     },
     {
         "name": "predict",
-        "description": "Predict with any model by name. Each model's own typed operation is listed under its tag below.",
+        "description": "The HTML form page of any model. Prediction is typed per model: each model's operations (JSON rows, a pinned version, an uploaded file, form fields, the Open Inference Protocol) are listed under its own tag below.",
     },
 ]
 
@@ -96,6 +117,14 @@ def install_openapi(app: FastAPI, registry: ModelRegistry) -> None:
 
 
 def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
+    """The OpenAPI document: the fixed routes, and each served model's typed operations.
+
+    The templated prediction routes (`/models/{model_name}/predict` and its file, form,
+    pinned-version and v2 `infer` siblings) answer for any model, but no single schema is true
+    of every model's rows; so they are replaced here by one operation per served model (and per
+    version where the path pins one), each with that model's own request schema. The templated
+    routes keep working; they are just not documented as such (README, "The API").
+    """
     document = get_openapi(
         title=app.title,
         version=app.version,
@@ -107,28 +136,40 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
     if app.state.settings.api_key is None:
         _drop_api_key_scheme(document)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    # Bodies read raw (so no parameter declares them) but documented by reference.
-    for raw_body in (InferenceRequest,):
-        body_schema = raw_body.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(body_schema.pop("$defs", {}))
-        schemas[raw_body.__name__] = body_schema
-    generic = document["paths"].get(GENERIC_PREDICT_PATH, {}).get("post")
-    if generic is None:
-        return document
+    paths = document["paths"]
+    templates = {
+        path: paths.pop(path)["post"]
+        for path in TEMPLATED_PATHS
+        if "post" in paths.get(path, {}) and len(paths[path]) == 1
+    }
     for entry in sorted(registry.entries(), key=lambda e: e.name):
         if entry.default_version is None:
             continue
-        model = entry.versions[entry.default_version]
+        default = entry.versions[entry.default_version]
         tag = f"model: {entry.name}"
-        document["tags"].append({"name": tag, "description": model.card.description})
-        path = GENERIC_PREDICT_PATH.replace("{model_name}", entry.name)
-        document["paths"][path] = {"post": _model_operation(generic, model, tag, schemas)}
-        generic_form = document["paths"].get(GENERIC_FORM_PATH, {}).get("post")
-        if generic_form is not None and model.card.input_kind == "tabular":
-            form_path = GENERIC_FORM_PATH.replace("{model_name}", entry.name)
-            document["paths"][form_path] = {
-                "post": _form_operation(generic_form, model, tag, schemas)
+        document["tags"].append({"name": tag, "description": default.card.description})
+        typed = _TypedOperations(templates, tag, schemas)
+        concrete = {path: path.replace("{model_name}", entry.name) for path in templates}
+        operations: dict[str, dict[str, Any]] = {
+            PREDICT_PATH: typed.predict(default, pinned=False),
+            FILE_PATH: typed.file(default),
+            INFER_PATH: typed.infer(default, pinned=False),
+        }
+        if default.card.input_kind == "tabular":
+            operations[FORM_PATH] = typed.form(default)
+        for template, operation in operations.items():
+            if operation:
+                paths[concrete[template]] = {"post": operation}
+        for version, model in sorted(entry.versions.items()):
+            pinned = {
+                VERSION_PREDICT_PATH: typed.predict(model, pinned=True),
+                VERSION_INFER_PATH: typed.infer(model, pinned=True),
             }
+            for template, operation in pinned.items():
+                if operation:
+                    path = concrete[template].replace("{version}", str(version))
+                    paths[path] = {"post": operation}
+    _drop_unused_body(templates.get(FILE_PATH), schemas)
     return document
 
 
@@ -141,84 +182,219 @@ def _drop_api_key_scheme(document: dict[str, Any]) -> None:
             operation.pop("security", None)
 
 
-def _form_operation(
-    generic: dict[str, Any], model: LoadedModel, tag: str, schemas: dict[str, Any]
-) -> dict[str, Any]:
-    """The model's form as an operation: one required field per feature, typed and bounded,
-    pre-filled with the card's example so "Try it out" works as is."""
-    record = schemas[f"{model.inputs.prefix}Record"]
-    example = model.inputs.example["instances"][0]
-    properties = {
-        name: {**spec, "example": example[name]} for name, spec in record["properties"].items()
-    }
-    options = FormOptions.model_json_schema()["properties"]
-    classes = model.card.target.classes or []
-    if model.card.task == "classification":
-        properties["top_k"] = {**options["top_k"], "maximum": len(classes)}
-    if len(classes) == 2:
-        # Optional, so not null: a form field is either sent or left out.
-        properties["threshold"] = {
-            key: value for key, value in options["threshold"].items() if key != "anyOf"
+def _drop_unused_body(template: dict[str, Any] | None, schemas: dict[str, Any]) -> None:
+    """FastAPI's generated body component for the templated file route (each typed file
+    operation has its own schema): with that route undocumented, nothing refers to it."""
+    if template is None:
+        return
+    for content in template.get("requestBody", {}).get("content", {}).values():
+        ref = content.get("schema", {}).get("$ref", "")
+        schemas.pop(ref.removeprefix("#/components/schemas/"), None)
+
+
+class _TypedOperations:
+    """Builds a model's typed operations from the templated routes' operations."""
+
+    def __init__(
+        self, templates: dict[str, dict[str, Any]], tag: str, schemas: dict[str, Any]
+    ) -> None:
+        self.templates = templates
+        self.tag = tag
+        self.schemas = schemas
+
+    def _from(self, template: str, operation_id: str, summary: str) -> dict[str, Any]:
+        """A copy of the template's operation without its model-name and version parameters
+        ({} when the route is not there to copy)."""
+        if template not in self.templates:
+            return {}
+        operation = copy.deepcopy(self.templates[template])
+        parameters = [
+            p
+            for p in operation.get("parameters", [])
+            if not (p.get("in") == "path" and p.get("name") in {"model_name", "version"})
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        else:
+            operation.pop("parameters", None)
+        operation["tags"] = [self.tag]
+        operation["operationId"] = operation_id
+        operation["summary"] = summary
+        return operation
+
+    def predict(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """JSON rows: the default version's operation, or a pinned version's."""
+        if pinned:
+            template, suffix = VERSION_PREDICT_PATH, f"v{model.version}-predict"
+            summary = f"Predict with {model.name} version {model.version} (pinned)"
+        else:
+            template, suffix = PREDICT_PATH, "predict"
+            summary = f"Predict with {model.name}"
+        operation = self._from(template, f"model-{model.name}-{suffix}", summary)
+        if not operation:
+            return operation
+        operation["description"] = _describe(model, pinned=pinned)
+        request_schema = model.inputs.json_schema(ref_template="#/components/schemas/{model}")
+        self.schemas.update(request_schema.pop("$defs", {}))
+        request_name = f"{model.inputs.prefix}PredictionRequest"
+        self.schemas[request_name] = request_schema
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{request_name}"},
+                    "example": model.inputs.example,
+                }
+            },
         }
-        properties["threshold"].update({"type": "number", "minimum": 0, "maximum": 1})
-    schema = {
-        "type": "object",
-        "properties": properties,
-        "required": list(record["required"]),
-        "additionalProperties": False,
-    }
-    operation = copy.deepcopy(generic)
-    operation["parameters"] = [
-        p for p in operation.get("parameters", []) if p.get("name") != "model_name"
-    ]
-    operation["tags"] = [tag]
-    operation["operationId"] = f"model-{model.name}-predict-form"
-    operation["summary"] = f"Predict with {model.name} from form fields"
-    operation["requestBody"] = {
-        "required": True,
-        "content": {media: {"schema": schema} for media in FORM_MEDIA_TYPES},
-    }
-    return operation
+        if model.example_response is not None:
+            success = operation["responses"]["200"]["content"]["application/json"]
+            success["example"] = model.example_response
+        return operation
 
+    def file(self, model: LoadedModel) -> dict[str, Any]:
+        """An uploaded CSV (tabular models) or PNG/JPEG (image models)."""
+        operation = self._from(
+            FILE_PATH,
+            f"model-{model.name}-predict-file",
+            f"Predict with {model.name} from an uploaded file",
+        )
+        if not operation:
+            return operation
+        if model.card.input_kind == "image":
+            media = "image/png, image/jpeg"
+            what = "A PNG or JPEG image (any size; colour or greyscale)."
+        else:
+            media = "text/csv"
+            names = ", ".join(model.inputs.feature_names)
+            what = f"A UTF-8 CSV file whose header row names the features, in any order: {names}."
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {"type": "string", "format": "binary", "description": what}
+                        },
+                        "required": ["file"],
+                    },
+                    "encoding": {"file": {"contentType": media}},
+                }
+            },
+        }
+        return operation
 
-def _model_operation(
-    generic: dict[str, Any], model: LoadedModel, tag: str, schemas: dict[str, Any]
-) -> dict[str, Any]:
-    request_schema = model.inputs.json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(request_schema.pop("$defs", {}))
-    request_name = f"{model.inputs.prefix}PredictionRequest"
-    schemas[request_name] = request_schema
-    operation = copy.deepcopy(generic)
-    operation["parameters"] = [
-        p for p in operation.get("parameters", []) if p.get("name") != "model_name"
-    ]
-    if not operation["parameters"]:
-        del operation["parameters"]
-    operation["tags"] = [tag]
-    operation["operationId"] = f"model-{model.name}-predict"
-    operation["summary"] = f"Predict with {model.name}"
-    operation["description"] = _describe(model)
-    operation["requestBody"] = {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": f"#/components/schemas/{request_name}"},
-                "example": model.inputs.example,
+    def form(self, model: LoadedModel) -> dict[str, Any]:
+        """The model's form: one required field per feature, typed and bounded, pre-filled
+        with the card's example so "Try it out" works as is. Needs `predict` to have added the
+        model's schemas first."""
+        operation = self._from(
+            FORM_PATH,
+            f"model-{model.name}-predict-form",
+            f"Predict with {model.name} from form fields",
+        )
+        record = self.schemas.get(f"{model.inputs.prefix}Record")
+        if not operation or record is None:
+            return {}
+        example = model.inputs.example["instances"][0]
+        properties = {
+            name: {**spec, "example": example[name]} for name, spec in record["properties"].items()
+        }
+        options = FormOptions.model_json_schema()["properties"]
+        classes = model.card.target.classes or []
+        if model.card.task == "classification":
+            properties["top_k"] = {**options["top_k"], "maximum": len(classes)}
+        if len(classes) == 2:
+            # Optional, so not null: a form field is either sent or left out.
+            properties["threshold"] = {
+                key: value for key, value in options["threshold"].items() if key != "anyOf"
             }
-        },
-    }
-    if model.example_response is not None:
-        success = operation["responses"]["200"]["content"]["application/json"]
-        success["example"] = model.example_response
-    return operation
+            properties["threshold"].update({"type": "number", "minimum": 0, "maximum": 1})
+        schema = {
+            "type": "object",
+            "properties": properties,
+            "required": list(record["required"]),
+            "additionalProperties": False,
+        }
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": schema} for media in FORM_MEDIA_TYPES},
+        }
+        return operation
+
+    def infer(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """Open Inference Protocol inference, with what this model takes: its datatypes, at
+        most one input per feature, shapes of one or two dimensions, its outputs."""
+        if pinned:
+            template, suffix = VERSION_INFER_PATH, f"v{model.version}-infer"
+            summary = f"Infer with {model.name} version {model.version} (pinned)"
+        else:
+            template, suffix = INFER_PATH, "infer"
+            summary = f"Infer with {model.name}"
+        operation = self._from(template, f"model-{model.name}-{suffix}", summary)
+        if not operation:
+            return operation
+        for parameter in operation.get("parameters", []):
+            if parameter.get("in") == "header" and parameter.get("name") == HEADER_LENGTH:
+                # A byte count when sent (FastAPI's optional-header schema also allows null,
+                # which no header can carry).
+                parameter["schema"] = {
+                    "type": "string",
+                    "pattern": f"^{HEADER_LENGTH_DIGITS}$",
+                    "description": parameter.get("description", ""),
+                }
+        prefix = model.inputs.prefix
+        # The body is read raw (so no parameter declares it): the protocol's request shape,
+        # narrowed to this model.
+        request = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        protocol = request.pop("$defs")
+        tensor = protocol[RequestInput.__name__]
+        tensor["properties"]["datatype"]["enum"] = v2_datatypes(model.card)
+        # Concrete dimensions, each at least 1: [N], [N, 1] or [N, n_features].
+        tensor["properties"]["shape"].update(
+            {"items": {"type": "integer", "minimum": 1}, "maxItems": 2}
+        )
+        outputs = v2_outputs(model)
+        output = protocol[RequestOutput.__name__]
+        output["properties"]["name"] = {"type": "string", "enum": outputs}
+        properties = request["properties"]
+        properties["inputs"].update(
+            {
+                "items": {"$ref": f"#/components/schemas/{prefix}InferenceInput"},
+                "maxItems": len(model.card.features),
+            }
+        )
+        for variant in properties["outputs"]["anyOf"]:
+            if variant.get("type") == "array":
+                variant["items"] = {"$ref": f"#/components/schemas/{prefix}InferenceOutput"}
+                variant["maxItems"] = len(outputs)
+        for kind, schema in (
+            ("InferenceRequest", request),
+            ("InferenceInput", tensor),
+            ("InferenceOutput", output),
+        ):
+            schema["title"] = f"{prefix}{kind}"
+            self.schemas[f"{prefix}{kind}"] = schema
+        content = operation["requestBody"]["content"]
+        content["application/json"] = {
+            "schema": {"$ref": f"#/components/schemas/{prefix}InferenceRequest"},
+            "example": v2_example(model),
+        }
+        layout = f"{v2_layout(model.card)} Each input's data fills its shape exactly, flat (row-major) or nested."
+        operation["description"] = "\n\n".join(
+            part for part in (model.card.description, layout) if part
+        )
+        return operation
 
 
-def _describe(model: LoadedModel) -> str:
+def _describe(model: LoadedModel, *, pinned: bool) -> str:
     card = model.card
+    which = "Version" if pinned else "Default version"
     lines = [
         f"{card.description}",
         "",
-        f"Default version: **{card.version}** ({card.task}). Send rows as objects keyed by feature"
+        f"{which}: **{card.version}** ({card.task}). Send rows as objects keyed by feature"
         " name, or as arrays in this order:",
         "",
         "| feature | type | allowed | description |",

@@ -1,10 +1,19 @@
 """gunicorn configuration, driven by the same Settings as the app (`MODELPORT_*`).
 
 Used by `modelport serve` as `gunicorn -c python:app.gunicorn_conf app.main:app`.
-Signals: HUP starts fresh workers (which load the store anew) and retires the old ones
-gracefully; TERM drains in-flight requests for up to `graceful_timeout`.
+
+Models are loaded once, in the master, before any worker is forked (`preload_app`): workers
+share the interpreter, the libraries and every model's arrays copy-on-write, instead of loading a
+copy each. `gc.freeze()` then moves everything loaded into the permanent generation, so the
+garbage collector never walks (and so never writes to) those shared pages.
+
+Signals: HUP makes the master reload the store itself (`on_reload`) and then fork fresh workers
+from it, retiring the old ones gracefully; TERM drains in-flight requests for up to
+`graceful_timeout`.
 """
 
+import gc
+import logging
 import os
 import shutil
 import tempfile
@@ -31,16 +40,46 @@ worker_tmp_dir = "/dev/shm"
 # host would share and a read-only root filesystem cannot hold. Signals (HUP, TERM) suffice.
 control_socket_disable = True
 
+preload_app = True
+
 # Prometheus multiprocess mode: every worker writes its samples into one directory that /metrics
 # aggregates. Set here, in the master, so workers inherit it before importing prometheus_client;
 # a directory left by an earlier run would add stale counts, so each start gets a fresh one.
-_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-_own_metrics_dir = not _metrics_dir
-if _metrics_dir:
-    shutil.rmtree(_metrics_dir, ignore_errors=True)
-    Path(_metrics_dir).mkdir(parents=True)
-else:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelport-metrics-")
+# gunicorn reads this file again on HUP: the directory (with live workers' files) is kept then.
+_METRICS_READY = "MODELPORT_METRICS_DIR_READY"
+if not os.environ.get(_METRICS_READY):
+    _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+        Path(_metrics_dir).mkdir(parents=True)
+        os.environ[_METRICS_READY] = "given"
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="modelport-metrics-")
+        os.environ[_METRICS_READY] = "own"
+
+
+def _load_store(server: Any) -> None:
+    """Load (or reload) the store in the master, then freeze what was loaded for sharing."""
+    from threadpoolctl import threadpool_limits
+
+    registry = server.app.wsgi().state.registry
+    gc.unfreeze()  # a reload: let the previous store's objects be collected
+    # One native thread while loading: a model's self-check at load may run OpenMP or BLAS code,
+    # and whether a thread pool started before fork survives into the children differs between
+    # runtimes (GNU libgomp's historically did not). Workers keep their own defaults.
+    with threadpool_limits(limits=1):
+        registry.load()
+    gc.collect()
+    gc.freeze()
+
+
+def when_ready(server: Any) -> None:
+    _load_store(server)
+
+
+def on_reload(server: Any) -> None:
+    logging.getLogger("modelport").info("reloading the model store in the master")
+    _load_store(server)
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -51,5 +90,5 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
-    if _own_metrics_dir:  # one we made: nobody else will read it
+    if os.environ.get(_METRICS_READY) == "own":  # one we made: nobody else will read it
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

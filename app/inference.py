@@ -12,9 +12,11 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, cast
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
+import orjson
 import pandas as pd
 from pydantic import (
     BeforeValidator,
@@ -25,12 +27,18 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.tree import DecisionTreeClassifier
 from typing_extensions import TypedDict
 
-from app.errors import InferenceError, InvalidInput, MalformedBody, PayloadTooLarge, clean_errors
+from app.errors import InferenceError, InvalidInput, MalformedBody, clean_errors
 from app.metrics import BATCH_SIZE, PREDICTED_ROWS, PREDICTIONS
 from schemas.cards import FeatureSpec, FeatureValue, ModelCard
-from schemas.predict import ClassPrediction, PredictionResponse, ValuePrediction
+from schemas.predict import PredictionResponse
+
+if TYPE_CHECKING:
+    from app.batching import BatchPolicy, MicroBatcher
 
 # Strict: no "1" for 1, no true for 1.0, no null; finite floats only (NaN, ±inf and overflowing
 # numbers such as 1e999 are rejected while parsing); unknown keys are errors, not ignored.
@@ -48,6 +56,24 @@ _INSTANCE_SHAPE_ERROR = (
 )
 
 Row = tuple[FeatureValue, ...]
+Matrix = np.ndarray[Any, np.dtype[np.float64]]
+# Validated rows, in feature order: tuples, or (for models whose features are all numeric) a
+# float64 matrix checked in one vectorised pass.
+Rows = list[Row] | Matrix
+
+
+def too_many_rows(limit: int, loc: Sequence[str | int]) -> InvalidInput:
+    """More rows than `limit`: the documented `maxItems` of the rows, so a 422 like any other
+    schema violation, on every surface (413 is for bodies over the byte limit)."""
+    return InvalidInput(
+        [
+            {
+                "loc": list(loc),
+                "msg": f"Too many rows: at most {limit} per request",
+                "type": "too_long",
+            }
+        ]
+    )
 
 
 def _instance_kind(value: Any) -> str | None:
@@ -65,6 +91,22 @@ def _integral_float_to_int(value: Any) -> Any:
     return value
 
 
+def _bounds(feature: FeatureSpec) -> tuple[float, float]:
+    """The inclusive range a numeric feature accepts: the card's bounds, tightened to what the
+    model's matrices can hold (exact integers up to 2**53; finite float32 for floats)."""
+    if feature.dtype == "int":
+        low = (
+            -_INT_LIMIT if feature.minimum is None else max(-_INT_LIMIT, math.ceil(feature.minimum))
+        )
+        high = (
+            _INT_LIMIT if feature.maximum is None else min(_INT_LIMIT, math.floor(feature.maximum))
+        )
+        return float(low), float(high)
+    lowest = -FLOAT32_MAX if feature.minimum is None else max(feature.minimum, -FLOAT32_MAX)
+    highest = FLOAT32_MAX if feature.maximum is None else min(feature.maximum, FLOAT32_MAX)
+    return lowest, highest
+
+
 def _feature_type(feature: FeatureSpec) -> Any:
     description = feature.description
     if feature.observed_min is not None and feature.observed_max is not None:
@@ -73,25 +115,14 @@ def _feature_type(feature: FeatureSpec) -> Any:
     if feature.dtype == "category":
         assert feature.categories is not None
         return Annotated[Literal[tuple(feature.categories)], Field(**common)]
+    low, high = _bounds(feature)
     if feature.dtype == "int":
-        low = (
-            max(-_INT_LIMIT, math.ceil(feature.minimum))
-            if feature.minimum is not None
-            else -_INT_LIMIT
-        )
-        high = (
-            min(_INT_LIMIT, math.floor(feature.maximum))
-            if feature.maximum is not None
-            else _INT_LIMIT
-        )
         # Field before the validator: the other order documents `ge`/`le` instead of
         # `minimum`/`maximum` in the JSON schema (seen with pydantic 2.14).
         return Annotated[
-            int, Field(ge=low, le=high, **common), BeforeValidator(_integral_float_to_int)
+            int, Field(ge=int(low), le=int(high), **common), BeforeValidator(_integral_float_to_int)
         ]
-    lowest = -FLOAT32_MAX if feature.minimum is None else max(feature.minimum, -FLOAT32_MAX)
-    highest = FLOAT32_MAX if feature.maximum is None else min(feature.maximum, FLOAT32_MAX)
-    return Annotated[float, Field(ge=lowest, le=highest, **common)]
+    return Annotated[float, Field(ge=low, le=high, **common)]
 
 
 def _typed_dict(name: str, fields: dict[str, Any], config: ConfigDict = _STRICT) -> Any:
@@ -142,16 +173,68 @@ class InputSchema:
         )
         self._text_adapter: TypeAdapter[list[dict[str, Any]]] = TypeAdapter(list[text_record])  # type: ignore[valid-type]
         self.example = self._example()
+        # For the vectorised check of all-numeric rows (see `validate_matrix`).
+        self.numeric = all(feature.dtype != "category" for feature in card.features)
+        if self.numeric:
+            bounds = np.array([_bounds(feature) for feature in card.features], dtype=np.float64)
+            self._lowest, self._highest = bounds[:, 0], bounds[:, 1]
+            self._int_columns = np.array([f.dtype == "int" for f in card.features], dtype=bool)
 
     # -- validation ---------------------------------------------------------------------------
-    def validate_json(self, body: bytes) -> list[Row]:
+    def validate_json(self, body: bytes) -> Rows:
         """Parse and validate a `{"instances": [...]}` body in one pass, straight from bytes."""
+        matrix = self._numeric_array_body(body)
+        return matrix if matrix is not None else self.validate_json_exactly(body)
+
+    def validate_json_exactly(self, body: bytes) -> list[Row]:
+        """Cell by cell with pydantic: the path that names every offending cell."""
         try:
             parsed = self._adapter.validate_json(body)
         except ValidationError as exc:
             raise self._translate(exc, prefix=()) from exc
         _refuse_duplicate_keys(body)
         return self._ordered(parsed["instances"])
+
+    def validate_matrix(self, matrix: Matrix) -> Matrix | None:
+        """Check a float64 matrix of rows in one vectorised pass: the matrix if every cell is
+        finite and within its feature's bounds (integral for int features) and the row count is
+        allowed; None when anything is off, so the caller takes the exact path, which names the
+        offending cells. Accepts exactly what the per-cell validation accepts."""
+        rows = len(matrix)
+        if (
+            not self.numeric
+            or matrix.ndim != 2
+            or matrix.shape[1] != len(self.feature_names)
+            or not 1 <= rows <= self.max_rows
+        ):
+            return None
+        # NaN compares False (without a warning), so it is refused here too.
+        if not ((matrix >= self._lowest) & (matrix <= self._highest)).all():
+            return None
+        if self._int_columns.any():
+            integers = matrix[:, self._int_columns]
+            # |x| < 2**53 strictly: a larger integer may have been rounded on its way to float64.
+            if not ((integers == np.floor(integers)) & (np.abs(integers) < _INT_LIMIT)).all():
+                return None
+        return matrix
+
+    def _numeric_array_body(self, body: bytes) -> Matrix | None:
+        """The fast path for the common body: array rows of numbers for an all-numeric model.
+        None (take the exact path) unless the body can hold nothing but the key `"instances"`
+        and numbers (no other string, no true/false/null/NaN): then orjson and numpy parse it."""
+        if not self.numeric or body.translate(None, _NUMBERS_AND_ARRAYS) != _ONLY_THE_KEY:
+            return None
+        try:
+            document = orjson.loads(body)
+            if type(document) is not dict or list(document) != ["instances"]:
+                return None
+            instances = document["instances"]
+            if type(instances) is not list:
+                return None
+            matrix = np.array(instances, dtype=np.float64)
+        except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+            return None
+        return self.validate_matrix(matrix)
 
     def validate_rows(
         self, rows: Sequence[Any], *, loc: tuple[str, ...] = ("instances",)
@@ -171,7 +254,7 @@ class InputSchema:
         """Validate rows whose cells are text (CSV cells, form fields): each record maps feature
         name to its text. Error locations are `[*loc, first_index + i, feature]`."""
         if len(records) > self.max_rows:
-            raise PayloadTooLarge(f"Too many rows: at most {self.max_rows} per request")
+            raise too_many_rows(self.max_rows, loc)
         try:
             parsed = self._text_adapter.validate_python(records)
         except ValidationError as exc:
@@ -195,7 +278,7 @@ class InputSchema:
             return MalformedBody(f"Request body is not valid JSON: {messages}")
         for error in errors:
             if error["type"] == "too_long" and tuple(error["loc"]) in {("instances",), ()}:
-                return PayloadTooLarge(f"Too many rows: at most {self.max_rows} per request")
+                return too_many_rows(self.max_rows, [*prefix, *error["loc"]])
         cleaned = clean_errors(errors)
         for issue in cleaned:
             issue["loc"] = [*prefix, *issue["loc"]]
@@ -209,18 +292,18 @@ class InputSchema:
         ]
 
     # -- model input --------------------------------------------------------------------------
-    def to_model_input(self, rows: list[Row]) -> np.ndarray[Any, Any] | pd.DataFrame:
+    def to_model_input(self, rows: Rows) -> np.ndarray[Any, Any] | pd.DataFrame:
         """Arrays for models trained on arrays; DataFrames with the fitted column names for models
         trained on DataFrames (so neither kind sees sklearn's feature-name warning)."""
         features = self.card.features
         if self.frame_columns is not None:
-            columns = list(zip(*rows, strict=True))
+            columns: Any = rows.T if isinstance(rows, np.ndarray) else zip(*rows, strict=True)
             data = {
                 feature.name: np.asarray(column, dtype=_numpy_dtype(feature))
                 for feature, column in zip(features, columns, strict=True)
             }
             return pd.DataFrame({name: data[name] for name in self.frame_columns})
-        if all(feature.dtype != "category" for feature in features):
+        if self.numeric:
             return np.asarray(rows, dtype=np.float64)
         return np.asarray(rows, dtype=object)
 
@@ -234,6 +317,12 @@ class InputSchema:
         else:
             row = [_default_value(feature) for feature in self.card.features]
         return {"instances": [dict(zip(self.feature_names, row, strict=True))]}
+
+
+# What an `{"instances": [[numbers...], ...]}` body is made of besides its key: deleting these
+# bytes must leave exactly the key's letters (less the "e") and the braces, quotes and colon.
+_NUMBERS_AND_ARRAYS = b"0123456789.eE+-,[] \t\r\n"
+_ONLY_THE_KEY = b'{"instancs":}'
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -277,7 +366,20 @@ def _within(feature: FeatureSpec, value: float) -> bool:
     )
 
 
-@dataclass(frozen=True)
+def labels_follow_probabilities(estimator: Any) -> bool:
+    """Whether `predict` is by definition `classes_[argmax(predict_proba)]` (trees and forests:
+    their `predict` computes exactly that), so one `predict_proba` pass answers both. Other
+    classifiers (e.g. SVC with Platt scaling) may disagree with their own probabilities."""
+    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    # The inherited methods themselves (shared by ExtraTrees*, ExtraTree*): a subclass that
+    # overrides `predict` keeps its own.
+    return getattr(type(final), "predict", None) in _ARGMAX_PREDICTS
+
+
+_ARGMAX_PREDICTS = (RandomForestClassifier.predict, DecisionTreeClassifier.predict)
+
+
+@dataclass(frozen=True, eq=False)  # identity: a loaded version is one object, never compared
 class LoadedModel:
     """One model version in memory: its card, the fitted estimator and its input schema."""
 
@@ -285,6 +387,7 @@ class LoadedModel:
     estimator: Any
     inputs: InputSchema = field(repr=False)
     example_response: dict[str, Any] | None = field(default=None, repr=False)
+    batch_policy: BatchPolicy | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -294,6 +397,36 @@ class LoadedModel:
     def version(self) -> int:
         return self.card.version
 
+    @cached_property
+    def has_probabilities(self) -> bool:
+        return self.card.task == "classification" and hasattr(self.estimator, "predict_proba")
+
+    @cached_property
+    def labels_from_probabilities(self) -> bool:
+        return self.has_probabilities and labels_follow_probabilities(self.estimator)
+
+    @cached_property
+    def batcher(self) -> MicroBatcher:
+        """This version's micro-batcher in this process (made on first use: after the fork)."""
+        from app.batching import BatchPolicy, MicroBatcher
+
+        return MicroBatcher(self, self.batch_policy or BatchPolicy())
+
+    @cached_property
+    def metrics(self) -> tuple[Any, Any, Any]:
+        """This version's (predictions, predicted rows, batch size) metrics, looked up once."""
+        labels = (self.name, str(self.version))
+        return (
+            PREDICTIONS.labels(*labels),
+            PREDICTED_ROWS.labels(*labels),
+            BATCH_SIZE.labels(*labels),
+        )
+
+    @cached_property
+    def class_keys(self) -> list[str]:
+        """Class labels as the string keys of each prediction's probabilities."""
+        return [str(label) for label in np.asarray(self.estimator.classes_).tolist()]
+
 
 @dataclass(frozen=True)
 class ModelOutput:
@@ -302,43 +435,62 @@ class ModelOutput:
     predictions: np.ndarray[Any, Any]  # labels (classification) or float64 values, shape (n,)
     probabilities: np.ndarray[Any, Any] | None  # float64, shape (n, n_classes), in classes_ order
 
+    def __len__(self) -> int:
+        return len(self.predictions)
 
-def run(model: LoadedModel, rows: list[Row], *, observe: bool = True) -> ModelOutput:
-    """The one place a request's rows meet the estimator. CPU-bound: call it off the event loop.
+    def slice(self, start: int, stop: int) -> ModelOutput:
+        return ModelOutput(
+            self.predictions[start:stop],
+            None if self.probabilities is None else self.probabilities[start:stop],
+        )
+
+
+def call_estimator(model: LoadedModel, rows: Rows, *, observe: bool = True) -> ModelOutput:
+    """The one place rows meet the estimator: one call for any number of rows (a request's, or a
+    micro-batch of several requests'). CPU-bound: call it off the event loop. The output is not
+    yet checked: `check_output` judges each request's share of it.
 
     `observe=False` keeps a call out of the metrics (the registry's load-time self-check)."""
     if observe:
-        labels = (model.name, str(model.version))
-        PREDICTIONS.labels(*labels).inc()
-        PREDICTED_ROWS.labels(*labels).inc(len(rows))
-        BATCH_SIZE.labels(*labels).observe(len(rows))
+        model.metrics[2].observe(len(rows))
     features = model.inputs.to_model_input(rows)
     estimator = model.estimator
     where = f"Model {model.name} v{model.version}"
     try:
-        # Overflow on extreme (but finite) inputs is judged below, per row, not as a warning.
+        # Overflow on extreme (but finite) inputs is judged per row by check_output, not here.
         with np.errstate(all="ignore"):
-            raw = estimator.predict(features)
-            proba = (
-                estimator.predict_proba(features)
-                if model.card.task == "classification" and hasattr(estimator, "predict_proba")
-                else None
-            )
+            if model.labels_from_probabilities:
+                proba = estimator.predict_proba(features)
+                raw = np.asarray(estimator.classes_).take(np.argmax(proba, axis=1), axis=0)
+            else:
+                raw = estimator.predict(features)
+                proba = estimator.predict_proba(features) if model.has_probabilities else None
     except Exception as exc:
         raise InferenceError(f"{where} failed: {type(exc).__name__}: {exc}"[:500]) from exc
     predictions = np.asarray(raw)
-    if predictions.shape != (len(rows),):
-        raise InferenceError(f"{where} answered shape {predictions.shape} for {len(rows)} rows")
     probabilities = None if proba is None else np.asarray(proba, dtype=np.float64)
+    if predictions.shape != (len(rows),) or (
+        probabilities is not None and probabilities.shape != (len(rows), len(model.class_keys))
+    ):
+        raise InferenceError(f"{where} answered shape {predictions.shape} for {len(rows)} rows")
     if model.card.task == "regression":
         predictions = predictions.astype(np.float64)
-        finite = np.isfinite(predictions)
+    return ModelOutput(predictions=predictions, probabilities=probabilities)
+
+
+def check_output(model: LoadedModel, output: ModelOutput, *, observe: bool = True) -> ModelOutput:
+    """One request's share of an estimator call, refused (422 naming the rows, counted from the
+    request's first row) where the model gave no finite answer."""
+    if observe:
+        predictions, rows, _ = model.metrics
+        predictions.inc()
+        rows.inc(len(output))
+    if model.card.task == "regression":
+        finite = np.isfinite(output.predictions)
+    elif output.probabilities is not None:
+        finite = np.isfinite(output.probabilities).all(axis=1)
     else:
-        finite = (
-            np.ones(len(rows), dtype=bool)
-            if probabilities is None
-            else np.isfinite(probabilities).all(axis=1)
-        )
+        return output
     if not finite.all():
         # Rows passed validation, so a non-finite answer comes from values the model cannot
         # handle (e.g. 1e308 overflowing a linear model): the client's to fix, hence a 4xx.
@@ -352,29 +504,42 @@ def run(model: LoadedModel, rows: list[Row], *, observe: bool = True) -> ModelOu
                 for index in np.flatnonzero(~finite)[:10]
             ]
         )
-    return ModelOutput(predictions=predictions, probabilities=probabilities)
+    return output
+
+
+def run(model: LoadedModel, rows: Rows, *, observe: bool = True) -> ModelOutput:
+    """One request's rows through the estimator on their own (no batching), checked."""
+    return check_output(model, call_estimator(model, rows, observe=observe), observe=observe)
 
 
 _NON_FINITE_OUTPUT = "The model gives no finite answer for this row: are its values far outside the range seen in training?"
 
 
-def predict(model: LoadedModel, rows: list[Row], *, observe: bool = True) -> PredictionResponse:
-    """Predictions for validated rows, in the friendly API's shape."""
-    output = run(model, rows, observe=observe)
-    items: list[ClassPrediction] | list[ValuePrediction]
+def prediction_document(model: LoadedModel, output: ModelOutput) -> dict[str, Any]:
+    """The friendly API's reply (`PredictionResponse`'s shape) as plain JSON-ready values: built
+    once and serialised once, with no per-row model objects on the hot path."""
+    items: list[dict[str, Any]]
     if model.card.task == "regression":
-        items = [ValuePrediction(value=value) for value in output.predictions.tolist()]
+        items = [{"value": value} for value in output.predictions.tolist()]
+    elif output.probabilities is None:
+        items = [{"label": label, "probabilities": None} for label in output.predictions.tolist()]
     else:
-        items = _class_predictions(model, output)
-    return PredictionResponse(model_name=model.name, model_version=model.version, predictions=items)
+        keys = model.class_keys
+        items = [
+            {"label": label, "probabilities": dict(zip(keys, row, strict=True))}
+            for label, row in zip(
+                output.predictions.tolist(), output.probabilities.tolist(), strict=True
+            )
+        ]
+    return {"model_name": model.name, "model_version": model.version, "predictions": items}
 
 
-def _class_predictions(model: LoadedModel, output: ModelOutput) -> list[ClassPrediction]:
-    labels = cast(list[Any], output.predictions.tolist())
-    if output.probabilities is None:
-        return [ClassPrediction(label=label) for label in labels]
-    keys = [str(label) for label in np.asarray(model.estimator.classes_).tolist()]
-    return [
-        ClassPrediction(label=label, probabilities=dict(zip(keys, row, strict=True)))
-        for label, row in zip(labels, output.probabilities.tolist(), strict=True)
-    ]
+def prediction_json(model: LoadedModel, output: ModelOutput) -> bytes:
+    return orjson.dumps(prediction_document(model, output))
+
+
+def predict(model: LoadedModel, rows: Rows, *, observe: bool = True) -> PredictionResponse:
+    """Predictions for validated rows, in the friendly API's shape (no batching: for callers
+    outside the event loop, such as the registry's self-check and tests)."""
+    output = run(model, rows, observe=observe)
+    return PredictionResponse.model_validate(prediction_document(model, output))

@@ -8,7 +8,9 @@ from typing import TypedDict
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from app.batching import BatchPolicy
 from app.config import Settings, get_settings
+from app.dependencies import ApiKeyGuard
 from app.docs import install_docs, install_openapi
 from app.error_handlers import EnvelopeCORSMiddleware, add_exception_handlers
 from app.limits import BodyLimitMiddleware
@@ -54,13 +56,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _configure_logging(settings.log_level)
     configure_access_log()
     registry = ModelRegistry(
-        settings.model_dir, max_rows=settings.max_rows, trusted_types=settings.skops_trusted_types
+        settings.model_dir,
+        max_rows=settings.max_rows,
+        trusted_types=settings.skops_trusted_types,
+        batch_policy=BatchPolicy(
+            max_rows=settings.batch_max_rows,
+            max_wait=settings.batch_max_wait_ms / 1000,
+            enabled=settings.batching,
+        ),
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         # Every model is loaded before the first request; a broken one is reported, not fatal.
-        registry.load()
+        # Under `modelport serve` the gunicorn master has loaded the store before forking this
+        # worker (app.gunicorn_conf), so the models' memory is shared: keep that copy.
+        if not registry.loaded:
+            registry.load()
         yield {"registry": registry}
         registry.clear()
 
@@ -90,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ObservabilityMiddleware)
     app.include_router(health.router)
     app.include_router(models.router)
-    app.include_router(predict.router)
+    # The JSON prediction routes carry the API-key guard only when a key is configured: even a
+    # guard that lets everything through costs a dependency solve on the hottest path.
+    app.include_router(predict.router, dependencies=[ApiKeyGuard] if settings.api_key else [])
     app.include_router(files.router)
     app.include_router(forms.router)
     app.include_router(v2.router)

@@ -6,15 +6,15 @@ use the matched route template (`/models/{model_name}/predict`), never the raw p
 cannot blow up the metrics' cardinality; unmatched paths are labelled "unmatched".
 """
 
-import json
 import logging
+import random
 import re
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import LATENCY, REQUESTS
@@ -43,6 +43,28 @@ def _route_label(scope: Scope, status: int) -> str:
     return str(scope["path"]) if status < 400 else "unmatched"
 
 
+# Label children looked up once per (route, method[, status]): `labels()` takes a lock and
+# builds its key on every call. Routes are templates, so these stay small.
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+_HISTOGRAMS: dict[tuple[str, str], Any] = {}
+
+
+def _request_counter(route: str, method: str, status: int) -> Any:
+    key = (route, method, status)
+    child = _COUNTERS.get(key)
+    if child is None:
+        child = _COUNTERS[key] = REQUESTS.labels(route, method, str(status))
+    return child
+
+
+def _latency_histogram(route: str, method: str) -> Any:
+    key = (route, method)
+    child = _HISTOGRAMS.get(key)
+    if child is None:
+        child = _HISTOGRAMS[key] = LATENCY.labels(route, method)
+    return child
+
+
 class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -52,9 +74,13 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
-        offered = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        offered = next(
+            (value for name, value in scope["headers"] if name == b"x-request-id"), b""
+        ).decode("latin-1")
+        # Not a secret, so no system call for it: `random` is re-seeded in every forked worker.
+        request_id = (
+            offered if _REQUEST_ID.fullmatch(offered) else f"{random.getrandbits(128):032x}"
+        )
         status = 500
         model_version = ""
 
@@ -75,17 +101,29 @@ class ObservabilityMiddleware:
             latency = time.perf_counter() - started
             route = _route_label(scope, status)
             method = scope["method"]
-            REQUESTS.labels(route, method, str(status)).inc()
-            LATENCY.labels(route, method).observe(latency)
-            record: dict[str, Any] = {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "request_id": request_id,
-                "method": method,
-                "route": route,
-                "path": scope["path"],
-                "status": status,
-                "latency_ms": round(latency * 1000, 3),
-                "model": scope.get("path_params", {}).get("model_name"),
-                "version": int(model_version) if model_version.isdigit() else None,
-            }
-            access_logger.info(json.dumps(record))
+            _request_counter(route, method, status).inc()
+            _latency_histogram(route, method).observe(latency)
+            if access_logger.isEnabledFor(logging.INFO):
+                _log_access(scope, request_id, route, status, latency, model_version)
+
+
+def _log_access(
+    scope: Scope, request_id: str, route: str, status: int, latency: float, model_version: str
+) -> None:
+    record: dict[str, Any] = {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "request_id": request_id,
+        "method": scope["method"],
+        "route": route,
+        "path": scope["path"],
+        "status": status,
+        "latency_ms": round(latency * 1000, 3),
+        "model": scope.get("path_params", {}).get("model_name"),
+        "version": int(model_version) if model_version.isdigit() else None,
+    }
+    # A record made directly: Logger.info would also walk the stack to find its caller, which
+    # costs more than the rest of this line (handlers and filters still apply).
+    line = orjson.dumps(record).decode()
+    access_logger.handle(
+        logging.LogRecord(access_logger.name, logging.INFO, __file__, 0, line, None, None)
+    )

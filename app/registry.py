@@ -26,6 +26,7 @@ import joblib
 import numpy as np
 from pydantic import ValidationError
 
+from app.batching import BatchPolicy
 from app.errors import InferenceError, InvalidInput, ModelNotFound, ModelUnavailable
 from app.inference import InputSchema, LoadedModel, predict
 from app.metrics import MODEL_LOAD_SECONDS, MODEL_LOADED
@@ -101,7 +102,13 @@ def check_against_card(estimator: Any, card: ModelCard) -> None:
 
 
 def load_version(
-    version_dir: Path, *, name: str, version: int, max_rows: int, trusted_types: list[str]
+    version_dir: Path,
+    *,
+    name: str,
+    version: int,
+    max_rows: int,
+    trusted_types: list[str],
+    batch_policy: BatchPolicy | None = None,
 ) -> LoadedModel:
     card = read_card(version_dir)
     if card.name != name or card.version != version:
@@ -126,7 +133,7 @@ def load_version(
     fitted_names = getattr(estimator, "feature_names_in_", None)
     frame_columns = None if fitted_names is None else [str(name) for name in fitted_names]
     inputs = InputSchema(card, max_rows=max_rows, frame_columns=frame_columns)
-    model = LoadedModel(card=card, estimator=estimator, inputs=inputs)
+    model = LoadedModel(card=card, estimator=estimator, inputs=inputs, batch_policy=batch_policy)
     # Predict the example once: a version that cannot answer its own example never serves
     # (so a bad rollout never turns ready), and the answer becomes the docs' response example.
     try:
@@ -196,7 +203,13 @@ class StoreSnapshot:
     problems: dict[str, str]  # "name/version" (or a path) -> why it is not served
 
 
-def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> StoreSnapshot:
+def scan_store(
+    model_dir: Path,
+    *,
+    max_rows: int,
+    trusted_types: list[str],
+    batch_policy: BatchPolicy | None = None,
+) -> StoreSnapshot:
     if not model_dir.is_dir():
         reason = (
             "is not a directory" if model_dir.exists() else "model store directory does not exist"
@@ -233,6 +246,7 @@ def scan_store(model_dir: Path, *, max_rows: int, trusted_types: list[str]) -> S
                     version=version,
                     max_rows=max_rows,
                     trusted_types=trusted_types,
+                    batch_policy=batch_policy,
                 )
             except ArtifactRefused as exc:
                 entry.unavailable[version] = str(exc)
@@ -266,22 +280,33 @@ class ModelRegistry:
     whole, so a reload never exposes a half-loaded store to requests in flight."""
 
     def __init__(
-        self, model_dir: Path, *, max_rows: int, trusted_types: list[str] | None = None
+        self,
+        model_dir: Path,
+        *,
+        max_rows: int,
+        trusted_types: list[str] | None = None,
+        batch_policy: BatchPolicy | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.max_rows = max_rows
         self.trusted_types = list(trusted_types or [])
+        self.batch_policy = batch_policy
         self._snapshot = StoreSnapshot(entries={}, problems={"store": "not loaded yet"})
         self._lock = threading.Lock()
         self.generation = 0
+        self._loaded = False
 
     def load(self) -> StoreSnapshot:
         snapshot = scan_store(
-            self.model_dir, max_rows=self.max_rows, trusted_types=self.trusted_types
+            self.model_dir,
+            max_rows=self.max_rows,
+            trusted_types=self.trusted_types,
+            batch_policy=self.batch_policy,
         )
         with self._lock:
             self._snapshot = snapshot
             self.generation += 1
+            self._loaded = True
         for entry in snapshot.entries.values():
             for version in sorted(entry.versions):
                 logger.info("loaded model %s v%d", entry.name, version)
@@ -289,9 +314,15 @@ class ModelRegistry:
             logger.error("refused %s: %s", where, reason)
         return snapshot
 
+    @property
+    def loaded(self) -> bool:
+        """Whether a snapshot of the store is in place (`load` done, no `clear` since)."""
+        return self._loaded
+
     def clear(self) -> None:
         with self._lock:
             self._snapshot = StoreSnapshot(entries={}, problems={"store": "not loaded"})
+            self._loaded = False
 
     @property
     def problems(self) -> dict[str, str]:

@@ -20,13 +20,13 @@ import math
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from app.errors import BadTensor, InvalidInput, PayloadTooLarge
+from app.errors import BadTensor, InvalidInput
 from app.inference import LoadedModel, ModelOutput, Row
 from schemas.cards import FeatureSpec, ModelCard
 from schemas.v2 import Datatype, InferenceRequest, ModelMetadata, RequestInput, TensorMetadata
@@ -51,7 +51,8 @@ _NUMERIC_DTYPES: dict[str, str] = {
 }
 _FEATURE_DATATYPE: dict[str, Datatype] = {"float": "FP64", "int": "INT64", "category": "BYTES"}
 _MAX_MESSAGES = 5  # validation problems named in one error message
-_MAX_HEADER_DIGITS = 18  # header lengths beyond 10**18 bytes are nonsense, not numbers to parse
+# Header lengths beyond 10**18 bytes are nonsense, not numbers to parse.
+HEADER_LENGTH_DIGITS = "[0-9]{1,18}"
 # An array holding only numbers: emptied in the header's skeleton for the duplicate-key check.
 _NUMERIC_ARRAY = re.compile(rb"\[[-+0-9.eE,\s]*\]")
 
@@ -67,7 +68,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
         head, tail = body, b""
     else:
         text = header_length.strip()
-        if not re.fullmatch(rf"[0-9]{{1,{_MAX_HEADER_DIGITS}}}", text):
+        if not re.fullmatch(HEADER_LENGTH_DIGITS, text):
             raise BadTensor(
                 f"{HEADER_LENGTH} must be a non-negative integer, got {header_length[:40]!r}"
             )
@@ -165,7 +166,7 @@ def request_rows(model: LoadedModel, request: InferenceRequest, tail: bytes) -> 
     if count < 1:
         raise BadTensor("The request has no rows: N must be at least 1")
     if count > model.inputs.max_rows:
-        raise PayloadTooLarge(f"Too many rows: at most {model.inputs.max_rows} per request")
+        raise BadTensor(f"Too many rows: N is {count}, at most {model.inputs.max_rows} per request")
 
     decoded: dict[str, np.ndarray[Any, Any] | list[str]] = {}
     for position, tensor in enumerate(inputs):
@@ -652,3 +653,65 @@ def _content_note(features: list[FeatureSpec]) -> str:
         f"One [N] tensor per input, named as listed; or a single 2-D [N, {width}] {datatype} "
         "tensor (any name) with the inputs as columns in this order"
     )
+
+
+# -- documentation ---------------------------------------------------------------------------
+def v2_datatypes(card: ModelCard) -> list[Datatype]:
+    """The input datatypes some feature of this model takes (BOOL never)."""
+    kinds = {feature.dtype == "category" for feature in card.features}
+    datatypes: list[Datatype] = []
+    if False in kinds:
+        datatypes += [datatype for datatype in get_args(Datatype) if datatype in _NUMERIC_DTYPES]
+    if True in kinds:
+        datatypes.append("BYTES")
+    return datatypes
+
+
+def v2_outputs(model: LoadedModel) -> list[str]:
+    """The output names a request may ask this model for."""
+    return _available_outputs(model.card, _has_proba(model))
+
+
+def v2_layout(card: ModelCard) -> str:
+    """How a request lays out its inputs for this model, in a sentence (Markdown)."""
+    features = card.features
+    names = ", ".join(f"`{feature.name}`" for feature in features)
+    categories = [feature.name for feature in features if feature.dtype == "category"]
+    per_feature = f"one `[N]` tensor per feature, named as the feature: {names}"
+    if categories:
+        per_feature += " (BYTES for " + ", ".join(f"`{name}`" for name in categories) + ")"
+    if len({feature.dtype == "category" for feature in features}) > 1 or len(features) == 1:
+        return f"Inputs: {per_feature}."
+    return (
+        f"Inputs: one 2-D `[N, {len(features)}]` tensor (any name) with the features as columns "
+        f"in this order: {names}; or {per_feature}."
+    )
+
+
+def v2_example(model: LoadedModel) -> dict[str, Any]:
+    """A valid request for the card's example row: one [1, n] FP64 tensor for an all-numeric
+    model, else one [1] tensor per feature (BYTES for categories)."""
+    features = model.card.features
+    row = model.inputs.example["instances"][0]
+    if all(feature.dtype != "category" for feature in features):
+        return {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [1, len(features)],
+                    "datatype": "FP64",
+                    "data": [row[feature.name] for feature in features],
+                }
+            ]
+        }
+    return {
+        "inputs": [
+            {
+                "name": feature.name,
+                "shape": [1],
+                "datatype": _FEATURE_DATATYPE[feature.dtype],
+                "data": [row[feature.name]],
+            }
+            for feature in features
+        ]
+    }

@@ -1,11 +1,13 @@
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, File, Header, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.batching import REPLY_BYTES_PER_ROW, offload
 from app.dependencies import ApiKeyGuard, ModelDep, SettingsDep
-from app.inference import LoadedModel, predict
+from app.inference import LoadedModel, ModelOutput, prediction_document
 from app.tabular import CsvTable, csv_reply_lines
 from app.uploads import read_upload
 from schemas.errors import error_responses
@@ -21,9 +23,9 @@ router = APIRouter(
             401: "An API key is configured and the request lacks it.",
             400: "The file cannot be read (not UTF-8, bad quoting, broken image).",
             404: "Unknown model.",
-            413: "Upload, rows or image pixels over the limit.",
+            413: "Upload over the byte limit, or image over the pixel limit.",
             415: "An image sent to a tabular model, or a CSV to an image model.",
-            422: "Header or cells fail the model's schema (line and column named).",
+            422: "Header or cells fail the model's schema (line and column named), or more rows than the limit.",
             500: "The model failed on valid input.",
             503: "Model could not be loaded.",
         }
@@ -38,11 +40,11 @@ UploadedFile = Annotated[
 ]
 
 
-def _read_and_predict(
-    model: LoadedModel, upload: UploadFile, max_image_pixels: int
-) -> tuple[CsvTable, PredictionResponse]:
-    table = read_upload(model, upload.file, max_image_pixels=max_image_pixels)
-    return table, predict(model, table.rows)
+def _json_reply(
+    model: LoadedModel, output: ModelOutput, filename: str | None, table: CsvTable
+) -> bytes:
+    document = prediction_document(model, output)
+    return orjson.dumps({**document, "filename": filename, "rows": len(table.rows)})
 
 
 @router.post(
@@ -61,17 +63,28 @@ async def predict_file(
     settings: SettingsDep,
     response: Response,
     accept: Annotated[str, Header(include_in_schema=False)] = "application/json",
-) -> FilePredictionResponse | StreamingResponse:
+) -> Response:
     """Predict every row of an uploaded CSV, or the digit in an uploaded image."""
-    table, prediction = await run_in_threadpool(
-        _read_and_predict, model, file, settings.max_image_pixels
+    csv_reply = "text/csv" in accept.lower()
+    table = await run_in_threadpool(
+        read_upload,
+        model,
+        file.file,
+        max_image_pixels=settings.max_image_pixels,
+        keep_cells=csv_reply,
     )
-    if "text/csv" in accept.lower():
+    output = await model.batcher.predict(table.rows)
+    if csv_reply:
+        prediction = PredictionResponse.model_validate(prediction_document(model, output))
         classes = model.card.target.classes
         lines = csv_reply_lines(table, prediction, [str(c) for c in classes] if classes else None)
-        reply = StreamingResponse(lines, media_type="text/csv")
-        # Routing headers (X-Model-Version, the canary cookie) live on the injected response,
-        # which FastAPI merges only into responses it builds itself.
-        reply.headers.raw.extend(response.headers.raw)
-        return reply
-    return FilePredictionResponse(filename=file.filename, rows=len(table.rows), **dict(prediction))
+        reply: Response = StreamingResponse(lines, media_type="text/csv")
+    else:
+        content = await offload(
+            _json_reply, model, output, file.filename, table, work=len(output) * REPLY_BYTES_PER_ROW
+        )
+        reply = Response(content, media_type="application/json")
+    # Routing headers (X-Model-Version, the canary cookie) live on the injected response, which
+    # FastAPI merges only into responses it builds itself.
+    reply.headers.raw.extend(response.headers.raw)
+    return reply

@@ -1,14 +1,14 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import ApiKeyGuard, ModelDep
 from app.errors import UnsupportedMediaType
 from app.form_page import render_form_page
 from app.forms import OPTION_FIELDS, form_reply, read_form
-from app.inference import LoadedModel, predict
+from app.inference import prediction_document
 from schemas.errors import error_responses
 from schemas.forms import FormPredictionResponse
+from schemas.predict import PredictionResponse
 
 router = APIRouter(prefix="/models", tags=["predict"])
 
@@ -24,11 +24,6 @@ _REQUEST_BODY = {
         },
     }
 }
-
-
-def _predict_form(model: LoadedModel, fields: list[tuple[str, str]]) -> FormPredictionResponse:
-    rows, options = read_form(model, fields)
-    return form_reply(model, predict(model, rows), options)
 
 
 @router.post(
@@ -58,7 +53,10 @@ async def predict_form(model: ModelDep, request: Request) -> FormPredictionRespo
     limit = len(model.inputs.feature_names) + len(OPTION_FIELDS) + 1
     async with request.form(max_files=0, max_fields=limit, max_part_size=64 * 1024) as form:
         fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
-    return await run_in_threadpool(_predict_form, model, fields)
+    rows, options = read_form(model, fields)  # one row: cheaper here than in a thread
+    output = await model.batcher.predict(rows)
+    prediction = PredictionResponse.model_validate(prediction_document(model, output))
+    return form_reply(model, prediction, options)
 
 
 @router.get(

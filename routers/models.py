@@ -10,7 +10,7 @@ from schemas.models import ModelInfo, ModelList, ModelSummary
 router = APIRouter(
     prefix="/models",
     tags=["models"],
-    responses=error_responses({404: "Unknown model or version.", 422: "Invalid parameters."}),
+    responses=error_responses({422: "Invalid parameters."}),
 )
 
 
@@ -49,7 +49,7 @@ async def list_models(
 
 @router.get(
     "/{model_name}",
-    responses=error_responses({503: "No loadable version."}),
+    responses=error_responses({404: "Unknown model.", 503: "No loadable version."}),
 )
 async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
     """The default version's card, every version, and the traffic split."""
@@ -67,7 +67,9 @@ async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
 
 @router.get(
     "/{model_name}/versions/{version}",
-    responses=error_responses({503: "That version could not be loaded."}),
+    responses=error_responses(
+        {404: "Unknown model or version.", 503: "That version could not be loaded."}
+    ),
 )
 async def read_model_version(
     model_name: ModelName, version: ModelVersion, registry: RegistryDep

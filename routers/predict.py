@@ -1,25 +1,34 @@
 from typing import Any
 
-from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Response
 
-from app.dependencies import ApiKeyGuard, JsonBody, ModelDep, ModelVersionDep
-from app.inference import LoadedModel, predict
+from app.batching import REPLY_BYTES_PER_ROW, offload
+from app.dependencies import (
+    ModelName,
+    ModelVersion,
+    SessionCookie,
+    read_json_body,
+    registry_of,
+    route_model,
+    routed_reply,
+    settings_of,
+)
+from app.inference import prediction_json
 from schemas.errors import error_responses
 from schemas.predict import PredictionRequest, PredictionResponse
 
+# The API-key guard is added by create_app when a key is configured (free when it is not).
 router = APIRouter(
     prefix="/models",
     tags=["predict"],
-    dependencies=[ApiKeyGuard],
     responses=error_responses(
         {
             401: "An API key is configured and the request lacks it.",
             400: "Body is not valid JSON (or not UTF-8).",
             404: "Unknown model or version.",
-            413: "Body or row count over the limit.",
+            413: "Body over the byte limit.",
             415: "Body is not JSON.",
-            422: "Rows fail the model's schema.",
+            422: "Rows fail the model's schema (more rows than the limit included).",
             500: "The model failed on valid input.",
             503: "Model could not be loaded.",
         }
@@ -36,18 +45,39 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
-def _validate_and_predict(model: LoadedModel, body: bytes) -> PredictionResponse:
-    return predict(model, model.inputs.validate_json(body))
+async def _predict(
+    request: Request, model_name: str, version: int | None, session: str | None
+) -> Response:
+    # The hot path, with no FastAPI dependencies (see app.dependencies): the same routing and
+    # body checks, called directly. Parsing and formatting run on the event loop for small
+    # requests (cheaper than a thread hop), in a thread for large ones; the estimator call is
+    # batched with concurrent requests.
+    routed = route_model(registry_of(request), model_name, version, session)
+    body = await read_json_body(request)
+    model = routed.model
+    rows = await offload(model.inputs.validate_json, body, work=len(body))
+    output = await model.batcher.predict(rows)
+    content = await offload(prediction_json, model, output, work=len(output) * REPLY_BYTES_PER_ROW)
+    return routed_reply(content, routed, settings_of(request))
 
 
-@router.post("/{model_name}/predict", openapi_extra=_REQUEST_BODY)
-async def predict_default(model: ModelDep, body: JsonBody) -> PredictionResponse:
+@router.post(
+    "/{model_name}/predict", openapi_extra=_REQUEST_BODY, response_model=PredictionResponse
+)
+async def predict_default(
+    model_name: ModelName, request: Request, session: SessionCookie = None
+) -> Response:
     """Predict with the model's default version."""
-    # Parsing, validation and predict are CPU-bound: keep them off the event loop.
-    return await run_in_threadpool(_validate_and_predict, model, body)
+    return await _predict(request, model_name, None, session)
 
 
-@router.post("/{model_name}/versions/{version}/predict", openapi_extra=_REQUEST_BODY)
-async def predict_version(model: ModelVersionDep, body: JsonBody) -> PredictionResponse:
+@router.post(
+    "/{model_name}/versions/{version}/predict",
+    openapi_extra=_REQUEST_BODY,
+    response_model=PredictionResponse,
+)
+async def predict_version(
+    model_name: ModelName, version: ModelVersion, request: Request
+) -> Response:
     """Predict with a pinned version."""
-    return await run_in_threadpool(_validate_and_predict, model, body)
+    return await _predict(request, model_name, version, None)

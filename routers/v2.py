@@ -9,14 +9,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
+from app.batching import REPLY_BYTES_PER_ROW, offload
 from app.dependencies import ApiKeyGuard, ModelName, ModelVersion, RegistryDep
 from app.errors import ModelUnavailable
-from app.inference import LoadedModel, run
+from app.inference import LoadedModel, Rows
 from app.registry import ModelRegistry
 from app.v2 import HEADER_LENGTH, model_metadata, parse_request, request_rows, response_body
 from schemas.v2 import (
+    InferenceRequest,
     InferenceResponse,
     LiveStatus,
     ModelMetadata,
@@ -32,13 +33,16 @@ router = APIRouter(
     responses={
         # "4XX" also stops FastAPI documenting its own 422 body, which /v2 never sends.
         "4XX": {"model": V2Error, "description": 'Client error: `{"error": "<message>"}`.'},
-        400: {"model": V2Error, "description": "Malformed request or tensors."},
+        400: {
+            "model": V2Error,
+            "description": "Malformed request or tensors, or more rows than the limit.",
+        },
         401: {
             "model": V2Error,
             "description": "An API key is configured and the request lacks it.",
         },
         404: {"model": V2Error, "description": "Unknown model or version."},
-        413: {"model": V2Error, "description": "Body or rows over the limit."},
+        413: {"model": V2Error, "description": "Body over the byte limit."},
         503: {"model": V2Error, "description": "Not ready, or the model could not be loaded."},
     },
 )
@@ -139,19 +143,24 @@ HeaderLength = Annotated[
 ]
 
 
-def _infer(
+def _decode(
     model: LoadedModel, body: bytes, header_length: str | None
-) -> tuple[bytes, dict[str, str]]:
+) -> tuple[InferenceRequest, Rows]:
     request, tail = parse_request(body, header_length)
-    rows = request_rows(model, request, tail)
-    return response_body(model, request, run(model, rows))
+    return request, request_rows(model, request, tail)
 
 
 async def _infer_response(
     model: LoadedModel, request: Request, header_length: str | None
 ) -> Response:
     body = await request.body()
-    content, headers = await run_in_threadpool(_infer, model, body, header_length)
+    # Decoding and encoding on the event loop for small requests, in a thread for large ones;
+    # the estimator call is batched with concurrent requests from every surface.
+    inference, rows = await offload(_decode, model, body, header_length, work=len(body))
+    output = await model.batcher.predict(rows)
+    content, headers = await offload(
+        response_body, model, inference, output, work=len(output) * REPLY_BYTES_PER_ROW
+    )
     return Response(content=content, headers={**headers, "X-Model-Version": str(model.version)})
 
 

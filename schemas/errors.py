@@ -27,7 +27,7 @@ _EXAMPLES: dict[int, tuple[str, Any]] = {
     ),
     401: ("Unauthorized", "Missing or invalid API key"),
     404: ("ModelNotFound", "Model 'nope' not found"),
-    413: ("PayloadTooLarge", "Too many rows: at most 10000 per request"),
+    413: ("PayloadTooLarge", "Request body is larger than 33554432 bytes"),
     415: ("UnsupportedMediaType", "Send JSON (Content-Type: application/json), not 'text/plain'"),
     422: (
         "InvalidInput",

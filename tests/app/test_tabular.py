@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 import app.tabular as tabular
-from app.errors import InvalidInput, PayloadTooLarge, ServiceError, UnreadableFile
+from app.errors import InvalidInput, ServiceError, UnreadableFile
 from app.inference import LoadedModel, predict
 from app.registry import scan_store
 from app.tabular import CsvTable, csv_reply_lines, read_csv
@@ -80,7 +80,7 @@ def test_columns_in_any_order_give_rows_in_feature_order(models: dict[str, Loade
 def test_header_names_are_stripped(models: dict[str, LoadedModel]) -> None:
     table = read(models["line"], " b , a\n1,2\n")
     assert table.columns == ["b", "a"]
-    assert table.rows == [(2.0, 1.0)]
+    assert np.asarray(table.rows).tolist() == [[2.0, 1.0]]
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_header_names_are_stripped(models: dict[str, LoadedModel]) -> None:
 def test_encodings_line_endings_and_quoting(models: dict[str, LoadedModel], content: bytes) -> None:
     table = read(models["line"], content)
     assert table.columns == ["a", "b"]
-    assert table.rows == [(1.0, 2.0), (3.0, 4.0)]
+    assert np.asarray(table.rows).tolist() == [[1.0, 2.0], [3.0, 4.0]]
 
 
 def test_the_callers_stream_stays_open(models: dict[str, LoadedModel]) -> None:
@@ -267,9 +267,16 @@ def test_exactly_max_rows_is_accepted(models: dict[str, LoadedModel]) -> None:
     assert len(read(models["flowers"], flower_csv(50)).rows) == 50
 
 
-def test_one_row_over_the_limit_is_too_large(models: dict[str, LoadedModel]) -> None:
+def test_one_row_over_the_limit_is_invalid_and_named(models: dict[str, LoadedModel]) -> None:
     detail = refusal(models["flowers"], flower_csv(51))
-    assert detail == "Too many rows: at most 50 per request"
+    # Header on line 1, so the 51st data row is line 52.
+    assert detail == [
+        {
+            "loc": ["file", "line", 52],
+            "msg": "Too many rows: at most 50 per request",
+            "type": "too_long",
+        }
+    ]
 
 
 def test_blank_lines_do_not_count_towards_the_limit(models: dict[str, LoadedModel]) -> None:
@@ -279,15 +286,17 @@ def test_blank_lines_do_not_count_towards_the_limit(models: dict[str, LoadedMode
 
 def test_a_lower_max_rows_argument_wins(models: dict[str, LoadedModel]) -> None:
     assert len(read(models["flowers"], flower_csv(3), max_rows=3).rows) == 3
-    with pytest.raises(PayloadTooLarge, match="at most 3 per request"):
-        read(models["flowers"], flower_csv(4), max_rows=3)
+    assert refusal(models["flowers"], flower_csv(4), max_rows=3)[0]["msg"] == (
+        "Too many rows: at most 3 per request"
+    )
 
 
 def test_a_higher_max_rows_argument_cannot_loosen_the_schema(
     models: dict[str, LoadedModel],
 ) -> None:
-    with pytest.raises(PayloadTooLarge, match="at most 50 per request"):
-        read(models["flowers"], flower_csv(51), max_rows=100)
+    assert refusal(models["flowers"], flower_csv(51), max_rows=100)[0]["msg"] == (
+        "Too many rows: at most 50 per request"
+    )
 
 
 def test_the_limit_stops_reading_before_the_rest_of_the_file(
@@ -297,8 +306,10 @@ def test_the_limit_stops_reading_before_the_rest_of_the_file(
     # first chunks: reading the whole file would hit the invalid UTF-8 at the end.
     content = flower_csv(1000, pad=100) + b"\xff\xfe\x00 not text"
     stream = io.BytesIO(content)
-    with pytest.raises(PayloadTooLarge, match="at most 50 per request"):
+    with pytest.raises(InvalidInput, match="InvalidInput") as caught:
         read_csv(stream, models["flowers"].inputs)
+    assert isinstance(caught.value.detail, list)
+    assert caught.value.detail[0]["msg"] == "Too many rows: at most 50 per request"
     assert stream.tell() < len(content) // 4
 
 
@@ -362,7 +373,7 @@ def test_reply_quoting_round_trips(models: dict[str, LoadedModel]) -> None:
     content = '"say ""hi""","width, cm"\n1,2\n 3 ,"4"\n'
     table = read(models["odd"], content)
     assert table.columns == ['say "hi"', "width, cm"]
-    assert table.rows == [(2.0, 1.0), (4.0, 3.0)]
+    assert np.asarray(table.rows).tolist() == [[2.0, 1.0], [4.0, 3.0]]
     header, lines, _ = reply(models["odd"], table)
     assert header == ['say "hi"', "width, cm", "prediction"]
     assert [line[:2] for line in lines] == [["1", "2"], [" 3 ", "4"]]

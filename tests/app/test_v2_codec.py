@@ -22,7 +22,7 @@ from tritonclient.utils import (
     triton_to_np_dtype,
 )
 
-from app.errors import BadTensor, PayloadTooLarge
+from app.errors import BadTensor
 from app.inference import LoadedModel, Row, run
 from app.registry import scan_store
 from app.v2 import HEADER_LENGTH, model_metadata, parse_request, request_rows, response_body
@@ -466,7 +466,7 @@ def test_regression_binary_reply_is_little_endian_fp64(
     assert tail == oracle(store, "line").predict(LINE).astype("<f8").tobytes()
 
 
-# -- malformed requests: always BadTensor (or PayloadTooLarge), never anything else ----------
+# -- malformed requests: always BadTensor, never anything else ------------------------------
 def flowers_tensor(**changes: Any) -> dict[str, Any]:
     tensor: dict[str, Any] = {
         "name": "input-0",
@@ -636,12 +636,13 @@ def test_binary_parts_follow_input_order(models: dict[str, LoadedModel]) -> None
     assert [row[:2] for row in rows] == [(row[1], row[0]) for row in floats(FLOWERS)]
 
 
-def test_too_many_rows_is_payload_too_large(models: dict[str, LoadedModel]) -> None:
+def test_too_many_rows_is_a_bad_tensor(models: dict[str, LoadedModel]) -> None:
+    # A request over the row limit is refused like any other (400); 413 is for bytes.
     data = np.tile(FLOWERS, (13, 1))[:51]
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(BadTensor, match="Too many rows: N is 51, at most 50 per request"):
         decode(models["flowers"], *binary_body([("input-0", data)]))
     tensor = flowers_tensor(shape=[51, 4], data=data.tolist())
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(BadTensor, match="Too many rows"):
         decode(models["flowers"], json_body([tensor]))
     assert len(decode(models["flowers"], *binary_body([("input-0", data[:50])]))) == 50
 

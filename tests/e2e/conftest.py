@@ -114,6 +114,7 @@ def start_server(store: Path, log: Path, **settings: str) -> Server:
             stderr=subprocess.STDOUT,
         )
     server = Server(url=f"http://127.0.0.1:{port}", process=process, log=log, store=store)
+    workers = int(env["MODELPORT_WORKERS"])
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -121,7 +122,10 @@ def start_server(store: Path, log: Path, **settings: str) -> Server:
                 f"modelport serve exited with {process.returncode}:\n{log.read_text()}"
             )
         try:
-            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+            # Workers are forked from a master that has loaded the store, so the first answers
+            # before the last is forked: wait for all of them, so tests see a settled set.
+            answered = httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200
+            if answered and len(server.worker_pids()) == workers:
                 return server
         except httpx.TransportError:
             pass
@@ -158,3 +162,22 @@ def server(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     running = start_server(trained_store, tmp_path_factory.mktemp("logs") / "serve.log")
     yield running
     stop_server(running)
+
+
+SUMMARY = "summary"  # a test's `record_property(SUMMARY, ...)` lines are shown after the run
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Each test's one-line summaries (request counts, seeds, timings), passed or failed."""
+    lines = [
+        f"{report.nodeid}: {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if getattr(report, "when", "") == "call"
+        for name, value in report.user_properties
+        if name == SUMMARY
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "e2e summaries")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -184,8 +184,7 @@ def test_swagger_file_upload(page: Page, server: Server, tmp_path: Path) -> None
         "petal_length,petal_width,sepal_length,sepal_width\n1.4,0.2,5.1,3.5\n5.2,2.3,6.7,3.0\n"
     )
     open_docs(page, server)
-    block = operation(page, "/models/{model_name}/predict/file")
-    block.locator("tr[data-param-name='model_name'] input").fill("iris")
+    block = operation(page, "/models/iris/predict/file")
     block.locator("input[type=file]").set_input_files(flowers)
     body = execute(block)
     expect(body).to_contain_text('"rows": 2')

@@ -167,10 +167,11 @@ def test_documented_example_works_when_posted_to_its_path(client: TestClient, na
     assert response.status_code == 200, response.text
     assert response.json()["model_name"] == name
     assert len(response.json()["predictions"]) == len(example["instances"])
-    # the documented success example is this very answer
-    assert operation["responses"]["200"]["content"]["application/json"]["example"] == (
-        response.json()
-    )
+    # The documented success example is the default version's answer (flowers has a canary
+    # split, so an unpinned request may be answered by the other version).
+    documented = operation["responses"]["200"]["content"]["application/json"]["example"]
+    pinned = f"/models/{name}/versions/{documented['model_version']}/predict"
+    assert documented == client.post(pinned, json=example).json()
 
 
 def predict_operations(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -188,11 +189,13 @@ def test_predict_operations_document_their_errors_with_the_envelope(client: Test
     operations = predict_operations(document)
 
     assert {path for path, _ in operations} == {
-        "/models/{model_name}/predict",
-        "/models/{model_name}/versions/{version}/predict",
         "/models/flowers/predict",
+        "/models/flowers/versions/1/predict",
+        "/models/flowers/versions/2/predict",
         "/models/line/predict",
+        "/models/line/versions/1/predict",
         "/models/pets/predict",
+        "/models/pets/versions/1/predict",
     }
     for path, operation in operations:
         codes = set(operation["responses"])
@@ -201,6 +204,124 @@ def test_predict_operations_document_their_errors_with_the_envelope(client: Test
             if int(code) >= 400:
                 schema = response["content"]["application/json"]["schema"]
                 assert schema == {"$ref": ERROR_SCHEMA}, (path, code)
+
+
+TEMPLATED = [
+    "/models/{model_name}/predict",
+    "/models/{model_name}/versions/{version}/predict",
+    "/models/{model_name}/predict/file",
+    "/models/{model_name}/predict/form",
+    "/v2/models/{model_name}/infer",
+    "/v2/models/{model_name}/versions/{version}/infer",
+]
+
+
+def test_prediction_routes_are_documented_per_model_not_templated(client: TestClient) -> None:
+    """No one schema is true of every model's rows, so each served model (and version) has its
+    own typed operation on every surface, and the templated routes are left out."""
+    document = openapi(client)
+    posts = {path for path, item in document["paths"].items() if "post" in item}
+
+    assert posts == {
+        path.replace("{model_name}", name).replace("{version}", str(version))
+        for name, versions in {"flowers": [1, 2], "line": [1], "pets": [1]}.items()
+        for version in versions
+        for path in TEMPLATED
+    }
+    for path in posts:
+        operation = document["paths"][path]["post"]
+        name = path.removeprefix("/v2").split("/")[2]
+        assert operation["tags"] == [f"model: {name}"], path
+        assert operation["operationId"].startswith(f"model-{name}-"), path
+        assert not any(p["in"] == "path" for p in operation.get("parameters", [])), path
+    # FastAPI's body component for the templated file route is gone with it.
+    assert not [name for name in document["components"]["schemas"] if name.startswith("Body_")]
+
+
+@pytest.mark.parametrize("path", TEMPLATED)
+def test_templated_prediction_routes_still_answer(client: TestClient, path: str) -> None:
+    concrete = path.replace("{model_name}", "line").replace("{version}", "1")
+    if path.endswith("/infer"):
+        body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]}
+        response = client.post(concrete, json=body)
+    elif path.endswith("/file"):
+        response = client.post(concrete, files={"file": ("rows.csv", b"a,b\n1,2\n")})
+    elif path.endswith("/form"):
+        response = client.post(concrete, data={"a": "1", "b": "2"})
+    else:
+        response = client.post(concrete, json={"instances": [[1, 2]]})
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_pinned_operation_documents_its_own_version(client: TestClient, version: int) -> None:
+    document = openapi(client)
+    path = f"/models/flowers/versions/{version}/predict"
+    operation = document["paths"][path]["post"]
+    example = operation["requestBody"]["content"]["application/json"]["example"]
+
+    response = client.post(path, json=example)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == version
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == f"#/components/schemas/FlowersV{version}PredictionRequest"
+    assert operation["responses"]["200"]["content"]["application/json"]["example"] == (
+        response.json()
+    )
+
+
+@pytest.mark.parametrize("name", ["flowers", "line", "pets"])
+def test_documented_form_and_infer_examples_work(client: TestClient, name: str) -> None:
+    document = openapi(client)
+    form = document["paths"][f"/models/{name}/predict/form"]["post"]
+    schema = form["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    fields = {
+        field: str(spec["example"])
+        for field, spec in schema["properties"].items()
+        if "example" in spec
+    }
+    infer_path = f"/v2/models/{name}/infer"
+    infer = document["paths"][infer_path]["post"]["requestBody"]["content"]["application/json"]
+
+    assert client.post(f"/models/{name}/predict/form", data=fields).status_code == 200
+    response = client.post(infer_path, json=infer["example"])
+    assert response.status_code == 200, response.text
+    assert response.json()["model_name"] == name
+
+
+def test_infer_schema_names_the_model_datatypes_and_outputs(client: TestClient) -> None:
+    document = openapi(client)
+    schemas = document["components"]["schemas"]
+
+    pets = resolve(document, "#/components/schemas/PetsV1InferenceRequest")
+    line = resolve(document, "#/components/schemas/LineV1InferenceRequest")
+    assert pets["properties"]["inputs"]["maxItems"] == 3
+    pets_input = schemas["PetsV1InferenceInput"]["properties"]
+    assert "BYTES" in pets_input["datatype"]["enum"]
+    assert "BOOL" not in pets_input["datatype"]["enum"]
+    line_input = schemas["LineV1InferenceInput"]["properties"]
+    assert "BYTES" not in line_input["datatype"]["enum"]
+    assert line_input["shape"]["items"] == {"type": "integer", "minimum": 1}
+    assert schemas["PetsV1InferenceOutput"]["properties"]["name"]["enum"] == [
+        "predict",
+        "predict_proba",
+    ]
+    assert schemas["LineV1InferenceOutput"]["properties"]["name"]["enum"] == ["predict"]
+    assert line["properties"]["inputs"]["items"] == {
+        "$ref": "#/components/schemas/LineV1InferenceInput"
+    }
+
+
+def test_file_operations_say_what_to_upload(client: TestClient) -> None:
+    document = openapi(client)
+
+    operation = document["paths"]["/models/pets/predict/file"]["post"]
+    content = operation["requestBody"]["content"]["multipart/form-data"]
+    assert content["schema"]["required"] == ["file"]
+    assert content["encoding"] == {"file": {"contentType": "text/csv"}}
+    assert "colour, weight, age" in content["schema"]["properties"]["file"]["description"]
 
 
 def test_every_documented_error_uses_the_envelope(client: TestClient) -> None:

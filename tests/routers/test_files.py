@@ -440,13 +440,19 @@ def test_image_to_a_tabular_model_is_415(client: TestClient, content: bytes, fil
     assert "CSV" in detail
 
 
-def test_one_row_over_max_rows_is_413(client: TestClient) -> None:
+def test_one_row_over_max_rows_is_422_naming_the_line(client: TestClient) -> None:
     rows = (flower_rows(10) * 6)[:51]
 
     response = upload(client, "flowers", csv_bytes(FLOWER_FEATURES, rows))
 
-    detail = assert_envelope(response, 413, "PayloadTooLarge")
-    assert "50" in detail
+    detail = assert_envelope(response, 422, "InvalidInput")
+    assert detail == [
+        {
+            "loc": ["file", "line", 52],
+            "msg": "Too many rows: at most 50 per request",
+            "type": "too_long",
+        }
+    ]
 
 
 @pytest.mark.parametrize(

@@ -486,14 +486,12 @@ def test_openapi_declares_the_key_and_the_prediction_operations_require_it(
         if key[1] == "post" and (key[0].startswith("/models/") or key[0].startswith("/v2/models/"))
     }
     assert {
-        ("/models/{model_name}/predict", "post"),
-        ("/models/{model_name}/versions/{version}/predict", "post"),
-        ("/models/{model_name}/predict/file", "post"),
-        ("/models/{model_name}/predict/form", "post"),
         ("/models/line/predict", "post"),
+        ("/models/line/versions/1/predict", "post"),
+        ("/models/line/predict/file", "post"),
         ("/models/line/predict/form", "post"),
-        ("/v2/models/{model_name}/infer", "post"),
-        ("/v2/models/{model_name}/versions/{version}/infer", "post"),
+        ("/v2/models/line/infer", "post"),
+        ("/v2/models/line/versions/1/infer", "post"),
     } <= predict_ops
     assert {key: guarded[key] for key in predict_ops} == dict.fromkeys(predict_ops, requirement)
     open_ops = {key: security for key, security in guarded.items() if key not in predict_ops}

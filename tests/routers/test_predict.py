@@ -447,13 +447,20 @@ def test_exactly_max_rows_is_accepted(client: TestClient, store: Path) -> None:
     assert_class_predictions(response.json()["predictions"], oracle(store, "flowers"), rows)
 
 
-def test_one_row_over_max_rows_is_413(client: TestClient) -> None:
-    rows = (flower_rows(10) * 6)[:51]
+@pytest.mark.parametrize("form", ["arrays", "records"])
+def test_one_row_over_max_rows_is_422(client: TestClient, form: str) -> None:
+    """The documented `maxItems` of `instances`: a schema violation like any other (a 413
+    is for bodies over the byte limit)."""
+    rows: list[Any] = (flower_rows(10) * 6)[:51]
+    if form == "records":
+        rows = [dict(zip(FLOWER_FEATURES, row, strict=True)) for row in rows]
 
     response = client.post(FLOWERS, json={"instances": rows})
 
-    detail = assert_envelope(response, 413, "PayloadTooLarge")
-    assert "50" in detail
+    detail = assert_envelope(response, 422, "InvalidInput")
+    assert detail == [
+        {"loc": ["instances"], "msg": "Too many rows: at most 50 per request", "type": "too_long"}
+    ]
 
 
 def padded_body(size: int) -> bytes:

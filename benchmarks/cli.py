@@ -1,0 +1,336 @@
+"""`python -m benchmarks`: run the benchmark, print the markdown table, write JSON, markdown and
+a PNG chart. `make bench` runs the full benchmark (~10 minutes), `make bench-quick` the quick
+mode, which proves the harness works end to end in about a minute and writes to a temporary
+directory instead of `benchmarks/results/`.
+
+Missed targets are reported, never fatal: the exit status is 0 when every measurement ran, 1
+when a server or wrk failed, 2 when the machine lacks what the harness needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.bulk import BulkResult, run_bulk
+from benchmarks.load import LoadError, wrk_version
+from benchmarks.memory import FULL_FOREST, QUICK_FOREST, ForestSpec, MemoryResult, run_memory
+from benchmarks.report import BenchReport, to_markdown, write_report
+from benchmarks.servers import (
+    BARE_ASGI,
+    BIN,
+    CONSTANT,
+    FLASK,
+    MODELPORT,
+    NAIVE,
+    REPO,
+    Configuration,
+    RunningServer,
+    ServerError,
+    start_server,
+    stop_server,
+    wait_ready,
+)
+from benchmarks.throughput import (
+    ScenarioResult,
+    default_scenarios,
+    returning_client_cookie,
+    run_scenario,
+)
+
+logger = logging.getLogger("benchmarks")
+
+SECTIONS = ("throughput", "bulk", "memory")
+# The order each round runs them in.
+CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
+BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
+DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures, and how long it spends on each measurement."""
+
+    mode: str
+    rounds: int
+    duration_s: int
+    warmup_s: int
+    bulk_repeats: int
+    forest: ForestSpec
+    sections: tuple[str, ...]
+    server_cpu: int
+    client_cpu: int
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="modelport against the Flask prototype, a naive FastAPI port and two ceilings.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 2 s per configuration and no warm-up, 2 bulk repetitions, a small "
+        "forest; results go to a temporary directory unless --output-dir is given.",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="Interleaved rounds, at least 3 (default 5; quick 1)."
+    )
+    parser.add_argument("--duration", type=int, help="Seconds per wrk run (default 6; quick 2).")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        help="Seconds of warm-up per server and scenario; 0 skips it (default 2; quick 0).",
+    )
+    parser.add_argument(
+        "--bulk-repeats", type=int, help="Timed 10,000-row repetitions (default 7; quick 2)."
+    )
+    parser.add_argument(
+        "--forest-trees",
+        type=int,
+        help=f"Trees in the memory section's forest (default {FULL_FOREST.trees}, ~150 MB; "
+        f"quick {QUICK_FOREST.trees}).",
+    )
+    parser.add_argument(
+        "--skip", action="append", choices=SECTIONS, default=[], help="Leave a section out."
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="A store already holding iris and breast-cancer (default: train them into a "
+        "temporary store).",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help=f"Where latest.json/.md/.png go (default {DEFAULT_RESULTS.relative_to(REPO)}; "
+        "quick: a new temporary directory).",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "modelport-bench-cache",
+        help="Where the memory section's forest is cached between runs (default: %(default)s).",
+    )
+    parser.add_argument("--server-cpu", type=int, default=0, help="Core for the servers.")
+    parser.add_argument("--client-cpu", type=int, default=1, help="Core for wrk and the harness.")
+    parser.add_argument(
+        "--keep-work-dir", action="store_true", help="Keep the temporary store and server logs."
+    )
+    return parser
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    quick = bool(args.quick)
+
+    def pick(value: int | None, full: int, fast: int, *, least: int = 1) -> int:
+        chosen = value if value is not None else (fast if quick else full)
+        if chosen < least:
+            raise SystemExit(f"python -m benchmarks: values must be {least} or more, not {chosen}")
+        return chosen
+
+    trees = pick(args.forest_trees, FULL_FOREST.trees, QUICK_FOREST.trees)
+    return Plan(
+        mode="quick" if quick else "full",
+        # Fewer than 3 rounds give no idea of the noise; quick mode only proves the harness runs.
+        rounds=pick(args.rounds, 5, 1, least=1 if quick else 3),
+        # Quick runs last 2 s: the slowest configuration (the naive port's forest under 64
+        # connections) answers its first requests only after about a second.
+        duration_s=pick(args.duration, 6, 2),
+        warmup_s=pick(args.warmup, 2, 0, least=0),
+        bulk_repeats=pick(args.bulk_repeats, 7, 2),
+        forest=ForestSpec(trees=trees),
+        sections=tuple(section for section in SECTIONS if section not in args.skip),
+        server_cpu=args.server_cpu,
+        client_cpu=args.client_cpu,
+    )
+
+
+def _machine_problems(plan: Plan) -> list[str]:
+    problems = [
+        f"`{tool}` is not installed" for tool in ("wrk", "taskset") if not shutil.which(tool)
+    ]
+    allowed = os.sched_getaffinity(0)
+    for role, cpu in (("server", plan.server_cpu), ("client", plan.client_cpu)):
+        if cpu not in allowed:
+            problems.append(f"{role} core {cpu} is not available (cores: {sorted(allowed)})")
+    return problems
+
+
+def _git_commit() -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return f"{commit} with uncommitted changes" if git("status", "--porcelain") else commit
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _train_examples(work_dir: Path) -> Path:
+    store = work_dir / "models"
+    done = subprocess.run(
+        [
+            str(BIN / "modelport"),
+            "train",
+            "--model-dir",
+            str(store),
+            "--only",
+            "iris",
+            "breast-cancer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"modelport train failed:\n{done.stdout}\n{done.stderr}")
+    return store
+
+
+def _run_against_servers(
+    plan: Plan, store: Path, work_dir: Path, meta: dict[str, Any]
+) -> tuple[list[ScenarioResult], BulkResult | None]:
+    """The throughput and bulk sections, which share one server per configuration."""
+    wanted = set(plan.sections)
+    if not wanted & {"throughput", "bulk"}:
+        return [], None
+    configurations = CONFIGURATIONS if "throughput" in wanted else BULK_CONFIGURATIONS
+    scenarios = default_scenarios()
+    servers: list[RunningServer] = []
+    try:
+        # Started together (they boot side by side on the server core), then waited for.
+        for configuration in configurations:
+            servers.append(
+                start_server(configuration, store=store, cpu=plan.server_cpu, log_dir=work_dir)
+            )
+        for server in servers:
+            wait_ready(server, scenarios[0].path, scenarios[0].body)
+        by_key = {server.configuration.key: server for server in servers}
+        cookie = returning_client_cookie(by_key["modelport"], scenarios[0])
+        meta["wrk_cookie"] = cookie
+        throughput = []
+        if "throughput" in wanted:
+            for scenario in scenarios:
+                throughput.append(
+                    run_scenario(
+                        scenario,
+                        servers,
+                        rounds=plan.rounds,
+                        duration_s=plan.duration_s,
+                        warmup_s=plan.warmup_s,
+                        client_cpu=plan.client_cpu,
+                        work_dir=work_dir,
+                        cookie=cookie,
+                    )
+                )
+        bulk = None
+        if "bulk" in wanted:
+            with httpx.Client(timeout=300) as client:
+                bulk = run_bulk(store, by_key, repeats=plan.bulk_repeats, client=client)
+        return throughput, bulk
+    finally:
+        for server in servers:
+            stop_server(server)
+
+
+def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> BenchReport:
+    started = time.monotonic()
+    meta: dict[str, Any] = {
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "mode": plan.mode,
+        "commit": _git_commit(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "wrk": wrk_version(),
+        "rounds": plan.rounds,
+        "duration_s": plan.duration_s,
+        "warmup_s": plan.warmup_s,
+        "bulk_repeats": plan.bulk_repeats,
+        "server_cpu": plan.server_cpu,
+        "client_cpu": plan.client_cpu,
+        "sections": list(plan.sections),
+        # Other work on the machine is noise the min–max columns show; this says how much ran.
+        "load_average_at_start": [round(value, 2) for value in os.getloadavg()],
+    }
+    if store is None and {"throughput", "bulk"} & set(plan.sections):
+        logger.info("training iris and breast-cancer into %s", work_dir / "models")
+        store = _train_examples(work_dir)
+    throughput: list[ScenarioResult] = []
+    bulk: BulkResult | None = None
+    if store is not None:
+        throughput, bulk = _run_against_servers(plan, store, work_dir, meta)
+    memory: MemoryResult | None = None
+    if "memory" in plan.sections:
+        memory = run_memory(
+            plan.forest, cache_dir=cache_dir, work_dir=work_dir, cpu=plan.server_cpu
+        )
+    meta["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
+    meta["wall_s"] = round(time.monotonic() - started, 1)
+    return BenchReport(meta=meta, throughput=throughput, bulk=bulk, memory=memory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    args = build_parser().parse_args(argv)
+    plan = _plan(args)
+    problems = _machine_problems(plan)
+    if problems:
+        logger.error("cannot benchmark: %s", "; ".join(problems))
+        return 2
+    if plan.server_cpu == plan.client_cpu:
+        logger.warning("servers and load share core %d: figures will be low", plan.server_cpu)
+    if args.output_dir is not None:
+        output_dir: Path = args.output_dir
+    elif plan.mode == "quick":
+        output_dir = Path(tempfile.mkdtemp(prefix="modelport-bench-quick-"))
+    else:
+        output_dir = DEFAULT_RESULTS
+    # The harness is the client: keep it (and the in-process predict it times) off the servers' core.
+    os.sched_setaffinity(0, {plan.client_cpu})
+    work_dir = Path(tempfile.mkdtemp(prefix="modelport-bench-"))
+    try:
+        report = run(plan, store=args.model_dir, work_dir=work_dir, cache_dir=args.cache_dir)
+    except (ServerError, LoadError) as exc:
+        logger.error("benchmark failed: %s", exc)
+        return 1
+    finally:
+        if args.keep_work_dir:
+            logger.info("work directory kept: %s", work_dir)
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    paths = write_report(report, output_dir)
+    sys.stdout.write(to_markdown(report))
+    logger.info(
+        "wrote %s in %.0f s", ", ".join(str(path) for path in paths.values()), report.meta["wall_s"]
+    )
+    return 0

@@ -1,0 +1,210 @@
+"""The vectorised paths for all-numeric rows (JSON array bodies, CSV uploads) must accept exactly
+what the cell-by-cell pydantic path accepts, with the same values: checked on thousands of generated bodies built from
+the tokens that tell them apart (bounds, integrality, 2**53, float32's range, booleans, strings,
+nulls, nesting, ragged rows, odd JSON)."""
+
+import io
+import json
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+
+import app.tabular as tabular
+from app.errors import ServiceError
+from app.inference import FLOAT32_MAX, InputSchema, Rows
+from app.tabular import read_csv
+from schemas.cards import FeatureSpec, ModelCard
+
+FEATURES = [
+    FeatureSpec(name="free", dtype="float"),
+    FeatureSpec(name="bounded", dtype="float", minimum=0.0, maximum=10.0),
+    FeatureSpec(name="count", dtype="int", minimum=-5, maximum=100),
+    FeatureSpec(name="id", dtype="int"),
+]
+
+
+def schema(max_rows: int = 5) -> InputSchema:
+    card = ModelCard(
+        name="mixed",
+        version=1,
+        task="regression",
+        features=FEATURES,
+        sklearn_version="1.9.1",
+        created_at=datetime.now(UTC),
+        sha256="0" * 64,
+    )
+    return InputSchema(card, max_rows=max_rows)
+
+
+CELLS = [
+    "0", "1", "-1", "3.0", "3.5", "-5", "-6", "100", "101", "10", "10.0", "10.000001", "-0.0",
+    "1e2", "1E2", "1e-300", "1e308", "1e999", "-1e999", "3.4028234663852886e38", "3.5e38",
+    "9007199254740992", "9007199254740993", "-9007199254740992", "18446744073709551616",
+    "true", "false", "null", '"1"', '""', "[]", "[1]", "{}", "NaN", "Infinity", "0x10", "01",
+    ".5", "5.", "+1", "1_0", "2.5", "7",
+]  # fmt: skip
+
+
+def outcome(run: Any, body: bytes) -> tuple[str, Any]:
+    try:
+        rows: Rows = run(body)
+    except ServiceError as exc:
+        return ("refused", type(exc).__name__)
+    return ("accepted", np.asarray(rows, dtype=np.float64).tolist())
+
+
+def bodies(seed: int, count: int) -> list[bytes]:
+    generator = random.Random(seed)
+    made = []
+    for _ in range(count):
+        rows = []
+        for _ in range(generator.choice([1, 1, 2, 3, 6])):
+            width = generator.choice([4, 4, 4, 4, 4, 4, 3, 5])
+            # Mostly valid cells, so that many bodies are accepted and values compared.
+            cells = [
+                generator.choice(CELLS) if generator.random() < 0.08 else valid_cell(generator, i)
+                for i in range(width)
+            ]
+            rows.append("[" + ",".join(cells) + "]")
+        text = '{"instances": [' + ",".join(rows) + "]}"
+        twist = generator.random()
+        if twist < 0.03:
+            text = text.replace('"instances"', '"instances", "extra": 1', 1)
+        elif twist < 0.06:
+            text = text.replace("[[", "[", 1)  # a flat row, or broken nesting
+        elif twist < 0.08:
+            text = " \n" + text + "\t"
+        elif twist < 0.10:
+            text = text[: generator.randrange(len(text))]  # truncated
+        made.append(text.encode())
+    return made
+
+
+def valid_cell(generator: random.Random, index: int) -> str:
+    if index == 0:
+        return repr(generator.uniform(-1e6, 1e6))
+    if index == 1:
+        return repr(round(generator.uniform(0, 10), 3))
+    if index == 2:
+        return str(generator.randint(-5, 100)) + generator.choice(["", ".0"])
+    return str(generator.randint(-(2**40), 2**40))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_path_agrees_with_the_exact_path(seed: int) -> None:
+    inputs = schema()
+    accepted = vectorised = 0
+    for body in bodies(seed, 1500):
+        fast = outcome(inputs.validate_json, body)
+        exact = outcome(inputs.validate_json_exactly, body)
+        assert fast == exact, body
+        accepted += fast[0] == "accepted"
+        vectorised += isinstance(inputs._numeric_array_body(body), np.ndarray)
+    # The comparison covered accepted bodies, most of them through the vectorised path.
+    assert accepted > 300
+    assert vectorised > 0.9 * accepted
+
+
+def test_the_fast_path_takes_plain_numeric_bodies() -> None:
+    inputs = schema()
+    rows = inputs.validate_json(b'{"instances": [[1.5, 2, 3, 4], [0, 10, -5, 9007199254740991]]}')
+
+    assert isinstance(rows, np.ndarray)
+    assert rows.tolist() == [[1.5, 2.0, 3.0, 4.0], [0.0, 10.0, -5.0, 9007199254740991.0]]
+
+
+@pytest.mark.parametrize(
+    "instances",
+    [
+        [[1, 2, 3.5, 4]],  # int feature given a fraction
+        [[1, 11, 3, 4]],  # above the bound
+        [[FLOAT32_MAX * 2, 1, 3, 4]],  # beyond float32
+        [[1, 2, 3]],  # short row
+        [[1, 2, 3, 4]] * 6,  # over max_rows
+    ],
+)
+def test_a_matrix_outside_the_schema_is_left_to_the_exact_path(instances: list[Any]) -> None:
+    inputs = schema()
+    matrix = np.array(instances, dtype=np.float64)
+
+    assert inputs.validate_matrix(matrix) is None
+    with pytest.raises(ServiceError):
+        inputs.validate_json(json.dumps({"instances": instances}).encode())
+
+
+# -- CSV uploads --------------------------------------------------------------------------------
+CSV_CELLS = [
+    "0", "1", "-1", "+1", "3.0", "3.5", "-5", "-6", "100", "101", "007", "10", "10.0", "1e2",
+    "1E2", ".5", "5.", "1e400", "-0", "", " ", " 7", "7 ", "nan", "NaN", "inf", "-inf", "1_0",
+    "1,5", "0x10", "1e", "+-1", "1.2.3", "e5", "9007199254740993", "3.4e38", "3.5e38", "١",
+]  # fmt: skip
+
+
+def csv_bodies(seed: int, count: int) -> list[bytes]:
+    generator = random.Random(seed)
+    names = [feature.name for feature in FEATURES]
+    made = []
+    for _ in range(count):
+        order = generator.sample(range(4), 4)  # columns in any order
+        lines = [",".join(names[i] for i in order)]
+        for _ in range(generator.choice([1, 1, 2, 3, 6])):
+            row = [
+                generator.choice(CSV_CELLS)
+                if generator.random() < 0.08
+                else valid_cell(generator, i).removesuffix(".0")  # ints as a CSV writes them
+                for i in range(4)
+            ]
+            if generator.random() < 0.02:
+                row.append("1")  # a row too long
+            cells = [row[i] for i in order] + row[4:]
+            if generator.random() < 0.05:
+                cells = [f'"{cell}"' for cell in cells]  # quoted cells
+            lines.append(",".join(cells))
+            if generator.random() < 0.03:
+                lines.append(generator.choice(["", " ", ",,,"]))  # blank-looking rows
+        made.append(("\r\n" if generator.random() < 0.2 else "\n").join(lines).encode())
+    return made
+
+
+def csv_outcome(inputs: InputSchema, body: bytes, *, keep_cells: bool) -> tuple[str, Any]:
+    try:
+        table = read_csv(io.BytesIO(body), inputs, keep_cells=keep_cells)
+    except ServiceError as exc:
+        return ("refused", type(exc).__name__)
+    return ("accepted", np.asarray(table.rows, dtype=np.float64).tolist())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_csv_fast_paths_agree_with_the_exact_path(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both vectorised readers: the one that keeps cells to echo (csv module, then numpy) and
+    the one for JSON replies (pandas' C parser)."""
+    inputs = schema(max_rows=5)
+    bodies_ = csv_bodies(seed, 800)
+    echoing = [csv_outcome(inputs, body, keep_cells=True) for body in bodies_]
+    pandas = [csv_outcome(inputs, body, keep_cells=False) for body in bodies_]
+    accepted = [
+        body for body, (kind, _) in zip(bodies_, echoing, strict=True) if kind == "accepted"
+    ]
+    vectorised = {
+        keep: sum(isinstance(table_rows(inputs, body, keep), np.ndarray) for body in accepted)
+        for keep in (True, False)
+    }
+    monkeypatch.setattr(tabular, "_numeric_matrix", lambda *args: None)
+    monkeypatch.setattr(tabular, "_read_numeric_table", lambda *args: None)
+    exact = [csv_outcome(inputs, body, keep_cells=True) for body in bodies_]
+
+    for body, by_cells, by_pandas, by_pydantic in zip(bodies_, echoing, pandas, exact, strict=True):
+        assert by_cells == by_pydantic, body
+        assert by_pandas == by_pydantic, body
+    assert len(accepted) > 150
+    assert vectorised[True] > 0.9 * len(accepted)
+    assert vectorised[False] > 0.9 * len(accepted)
+
+
+def table_rows(inputs: InputSchema, body: bytes, keep_cells: bool) -> Rows:
+    return read_csv(io.BytesIO(body), inputs, keep_cells=keep_cells).rows

@@ -12,7 +12,7 @@ version, in each worker, has one `MicroBatcher`:
   and each request's share of the output is checked on its own (a non-finite answer fails only
   the request whose row caused it); an estimator error fails only the requests of that batch.
 
-Pure asyncio (no FastAPI): the routers and the v2 protocol all call `predict_rows`.
+Pure asyncio (no FastAPI): every surface (JSON, file, form, v2) calls `model.batcher.predict`.
 """
 
 from __future__ import annotations

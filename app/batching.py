@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from app.inference import LoadedModel, ModelOutput, Row, Rows, call_estimator, check_output
+from app.inference import LoadedModel, ModelOutput, Row, Rows, call_estimator, check_output, run
 
 Result = TypeVar("Result")
 
@@ -61,7 +61,7 @@ class MicroBatcher:
 
     async def predict(self, rows: Rows) -> ModelOutput:
         if not self.policy.enabled:
-            return await _in_thread(_predict_alone, self.model, rows)
+            return await _in_thread(run, self.model, rows)
         if self._busy:
             reply: asyncio.Future[ModelOutput] = asyncio.get_running_loop().create_future()
             self._queue.append(_Waiting(rows, reply))
@@ -123,10 +123,6 @@ class MicroBatcher:
                 except Exception as exc:  # this request's own rows had no finite answer
                     waiting.reply.set_exception(exc)
             start = stop
-
-
-def _predict_alone(model: LoadedModel, rows: Rows) -> ModelOutput:
-    return check_output(model, call_estimator(model, rows))
 
 
 def _concatenate(parts: list[Rows]) -> Rows:

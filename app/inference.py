@@ -538,8 +538,12 @@ def prediction_json(model: LoadedModel, output: ModelOutput) -> bytes:
     return orjson.dumps(prediction_document(model, output))
 
 
+def prediction_response(model: LoadedModel, output: ModelOutput) -> PredictionResponse:
+    """The reply as a pydantic object, for callers that read it back (forms, CSV replies)."""
+    return PredictionResponse.model_validate(prediction_document(model, output))
+
+
 def predict(model: LoadedModel, rows: Rows, *, observe: bool = True) -> PredictionResponse:
     """Predictions for validated rows, in the friendly API's shape (no batching: for callers
     outside the event loop, such as the registry's self-check and tests)."""
-    output = run(model, rows, observe=observe)
-    return PredictionResponse.model_validate(prediction_document(model, output))
+    return prediction_response(model, run(model, rows, observe=observe))

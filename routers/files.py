@@ -7,12 +7,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import REPLY_BYTES_PER_ROW, offload
 from app.dependencies import ApiKeyGuard, ModelDep, SettingsDep
-from app.inference import LoadedModel, ModelOutput, prediction_document
+from app.inference import LoadedModel, ModelOutput, prediction_document, prediction_response
 from app.tabular import CsvTable, csv_reply_lines
 from app.uploads import read_upload
 from schemas.errors import error_responses
 from schemas.files import FilePredictionResponse
-from schemas.predict import PredictionResponse
 
 router = APIRouter(
     prefix="/models",
@@ -75,7 +74,7 @@ async def predict_file(
     )
     output = await model.batcher.predict(table.rows)
     if csv_reply:
-        prediction = PredictionResponse.model_validate(prediction_document(model, output))
+        prediction = prediction_response(model, output)
         classes = model.card.target.classes
         lines = csv_reply_lines(table, prediction, [str(c) for c in classes] if classes else None)
         reply: Response = StreamingResponse(lines, media_type="text/csv")

@@ -5,10 +5,9 @@ from app.dependencies import ApiKeyGuard, ModelDep
 from app.errors import UnsupportedMediaType
 from app.form_page import render_form_page
 from app.forms import OPTION_FIELDS, form_reply, read_form
-from app.inference import prediction_document
+from app.inference import prediction_response
 from schemas.errors import error_responses
 from schemas.forms import FormPredictionResponse
-from schemas.predict import PredictionResponse
 
 router = APIRouter(prefix="/models", tags=["predict"])
 
@@ -55,7 +54,7 @@ async def predict_form(model: ModelDep, request: Request) -> FormPredictionRespo
         fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
     rows, options = read_form(model, fields)  # one row: cheaper here than in a thread
     output = await model.batcher.predict(rows)
-    prediction = PredictionResponse.model_validate(prediction_document(model, output))
+    prediction = prediction_response(model, output)
     return form_reply(model, prediction, options)
 
 

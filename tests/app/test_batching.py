@@ -211,3 +211,17 @@ def test_trees_answer_labels_and_probabilities_from_one_pass_exactly(
 
 def test_other_classifiers_still_call_predict(store: Path) -> None:
     assert not loaded(store, "flowers").labels_from_probabilities  # logistic regression
+
+
+def test_with_batching_off_each_request_gets_its_own_call(store: Path) -> None:
+    model = loaded(store, "line")
+    requests: list[Any] = [[(1.0, float(i))] for i in range(12)]
+    before_calls, _ = calls(model)
+
+    results = asyncio.run(gather(MicroBatcher(model, BatchPolicy(enabled=False)), requests))
+
+    after_calls, _ = calls(model)
+    assert after_calls - before_calls == len(requests)
+    for result, rows in zip(results, requests, strict=True):
+        assert isinstance(result, ModelOutput)
+        same(result, run(model, rows))

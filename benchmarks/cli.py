@@ -31,7 +31,6 @@ from benchmarks.memory import FULL_FOREST, QUICK_FOREST, ForestSpec, MemoryResul
 from benchmarks.report import BenchReport, to_markdown, write_report
 from benchmarks.servers import (
     BARE_ASGI,
-    BIN,
     CONSTANT,
     FLASK,
     MODELPORT,
@@ -40,6 +39,7 @@ from benchmarks.servers import (
     Configuration,
     RunningServer,
     ServerError,
+    run_modelport,
     start_server,
     stop_server,
     wait_ready,
@@ -193,23 +193,9 @@ def _cpu_model() -> str:
 
 def _train_examples(work_dir: Path) -> Path:
     store = work_dir / "models"
-    done = subprocess.run(
-        [
-            str(BIN / "modelport"),
-            "train",
-            "--model-dir",
-            str(store),
-            "--only",
-            "iris",
-            "breast-cancer",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    run_modelport(
+        "train", "--model-dir", str(store), "--only", "iris", "breast-cancer", timeout=600
     )
-    if done.returncode != 0:
-        raise ServerError(f"modelport train failed:\n{done.stdout}\n{done.stderr}")
     return store
 
 

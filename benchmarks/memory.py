@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -27,11 +26,11 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
 from benchmarks.servers import (
-    BIN,
     MODELPORT,
     RunningServer,
     ServerError,
     cpu_ticks,
+    run_modelport,
     start_server,
     stop_server,
     wait_ready,
@@ -164,27 +163,12 @@ def build_forest(spec: ForestSpec, cache_dir: Path) -> tuple[Path, ForestInfo]:
 
 def import_version(artifact: Path, store: Path, version: int) -> None:
     """Through the real CLI, the way a user adds a version."""
-    done = subprocess.run(
-        [
-            str(BIN / "modelport"),
-            "import",
-            str(artifact),
-            "--name",
-            MODEL,
-            "--version",
-            str(version),
-            "--model-dir",
-            str(store),
-            "--description",
-            "Benchmark: a large random forest on synthetic data.",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
+    run_modelport(
+        "import", str(artifact), "--name", MODEL, "--version", str(version),
+        "--model-dir", str(store),
+        "--description", "Benchmark: a large random forest on synthetic data.",
         timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ServerError(f"modelport import v{version} failed:\n{done.stdout}\n{done.stderr}")
+    )  # fmt: skip
 
 
 def read_memory(pid: int, role: Literal["master", "worker"]) -> ProcessMemory:

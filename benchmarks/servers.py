@@ -27,6 +27,19 @@ class ServerError(RuntimeError):
     """A server did not start, or did not answer as it should."""
 
 
+def run_modelport(*args: str, timeout: float) -> None:
+    """One `modelport` CLI command (train, import), as a user runs it; ServerError if it fails."""
+    done = subprocess.run(
+        [str(BIN / "modelport"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"modelport {args[0]} failed:\n{done.stdout}\n{done.stderr}")
+
+
 @dataclass(frozen=True)
 class Configuration:
     """One way of serving the models. `gunicorn_app` is a `module:app` path served by plain

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
         description="gunicorn master's PID file (default: /tmp/modelport-<port>.pid), used by `modelport reload`.",
     )
     log_level: str = Field(default="info", description="gunicorn/uvicorn log level.")
+    access_log: bool = Field(default=True, description="One JSON line per request on stdout.")
 
     @field_validator("cors_origins")
     @classmethod

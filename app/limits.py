@@ -2,9 +2,10 @@
 
 FastAPI has no upload limit and Starlette spools file parts to disk without a total cap, so a
 client could otherwise make a worker buffer gigabytes. This ASGI middleware refuses a declared
-Content-Length over the limit before the app runs, and cuts off a body (chunked or lying) the
-moment it passes the limit: the app sees a disconnect, and whatever it answers is replaced by
-a 413 envelope.
+Content-Length over the limit before the app runs, and cuts off a body of undeclared length
+(chunked) the moment it passes the limit: the app sees a disconnect, and whatever it answers is
+replaced by a 413 envelope. A body within its declared length needs no watching: the server's
+HTTP parser frames it by that length, so it cannot grow past it.
 """
 
 from collections.abc import Callable
@@ -32,9 +33,20 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit, scope["path"])(scope, receive, send)
+        declared = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is not None and declared.isdigit() and not chunked:
+            if int(declared) > limit:
+                await _too_large(limit, scope["path"])(scope, receive, send)
+                return
+            # Within the limit, and the HTTP parser delivers exactly the declared length (any
+            # further bytes are the next request): nothing to watch.
+            await self.app(scope, receive, send)
             return
 
         received = 0

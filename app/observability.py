@@ -6,13 +6,14 @@ use the matched route template (`/models/{model_name}/predict`), never the raw p
 cannot blow up the metrics' cardinality; unmatched paths are labelled "unmatched".
 """
 
-import logging
+import asyncio
 import random
 import re
 import sys
+import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,17 +21,54 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.metrics import LATENCY, REQUESTS
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-access_logger = logging.getLogger("modelport.access")
 
 
-def configure_access_log() -> None:
-    """JSON lines on stdout, one per request, nothing added around them."""
-    if not access_logger.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access_logger.addHandler(handler)
-    access_logger.setLevel(logging.INFO)
-    access_logger.propagate = False
+class AccessLog:
+    """The access log: one JSON line per request on stdout (`stream`, when set, for tests).
+
+    Lines are written once per turn of the event loop, not once per request: under load a
+    worker answers many requests per turn, and each write is a system call during which the GIL
+    goes to any thread running a model and must be won back. Not the `logging` module: a
+    LogRecord and a handler call per request cost as much as the rest of the line (~12 µs of
+    ~180 µs per iris request in-process). `flush` writes what is pending at once (the app's
+    shutdown calls it); lines added off an event loop are written at once.
+    """
+
+    def __init__(self) -> None:
+        self.stream: TextIO | None = None
+        self._pending: list[bytes] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    def add(self, entry: dict[str, Any]) -> None:
+        line = orjson.dumps(entry)
+        with self._lock:
+            self._pending.append(line)
+            if self._scheduled:
+                return
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # not on an event loop: no turn to wait for
+                pass
+            else:
+                self._scheduled = True
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            lines, self._pending = self._pending, []
+        if lines:
+            stream = self.stream or sys.stdout
+            try:
+                stream.write(b"\n".join([*lines, b""]).decode())
+                stream.flush()
+            except (OSError, ValueError):
+                pass  # stdout closed or gone: the lines are lost, never the requests
+
+
+ACCESS_LOG = AccessLog()
 
 
 def _route_label(scope: Scope, status: int) -> str:
@@ -66,8 +104,10 @@ def _latency_histogram(route: str, method: str) -> Any:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: AccessLog | None) -> None:
+        """`access_log` None: no access log (MODELPORT_ACCESS_LOG=false)."""
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -103,27 +143,17 @@ class ObservabilityMiddleware:
             method = scope["method"]
             _request_counter(route, method, status).inc()
             _latency_histogram(route, method).observe(latency)
-            if access_logger.isEnabledFor(logging.INFO):
-                _log_access(scope, request_id, route, status, latency, model_version)
-
-
-def _log_access(
-    scope: Scope, request_id: str, route: str, status: int, latency: float, model_version: str
-) -> None:
-    record: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "request_id": request_id,
-        "method": scope["method"],
-        "route": route,
-        "path": scope["path"],
-        "status": status,
-        "latency_ms": round(latency * 1000, 3),
-        "model": scope.get("path_params", {}).get("model_name"),
-        "version": int(model_version) if model_version.isdigit() else None,
-    }
-    # A record made directly: Logger.info would also walk the stack to find its caller, which
-    # costs more than the rest of this line (handlers and filters still apply).
-    line = orjson.dumps(record).decode()
-    access_logger.handle(
-        logging.LogRecord(access_logger.name, logging.INFO, __file__, 0, line, None, None)
-    )
+            if self.access_log is not None:
+                self.access_log.add(
+                    {
+                        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                        "request_id": request_id,
+                        "method": method,
+                        "route": route,
+                        "path": scope["path"],
+                        "status": status,
+                        "latency_ms": round(latency * 1000, 3),
+                        "model": scope.get("path_params", {}).get("model_name"),
+                        "version": int(model_version) if model_version.isdigit() else None,
+                    }
+                )

@@ -19,6 +19,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -163,11 +164,7 @@ class ModelEntry:
         interval: the same session always lands on the same version, in every worker and
         replica, with no shared state. Versions not being served are left out of the split.
         """
-        if self.traffic is None:
-            return self.default_version
-        weighted = [
-            (v, w) for v, w in sorted(self.traffic.weights.items()) if v in self.versions and w > 0
-        ]
+        weighted = self._weighted
         if not weighted:
             return self.default_version
         digest = hashlib.sha256(f"{self.name}\0{session}".encode()).digest()
@@ -178,12 +175,19 @@ class ModelEntry:
                 return version
         return weighted[-1][0]
 
+    @cached_property
+    def _weighted(self) -> list[tuple[int, float]]:
+        """The split's served versions with their (positive) weights, in version order."""
+        if self.traffic is None:
+            return []
+        return [
+            (v, w) for v, w in sorted(self.traffic.weights.items()) if v in self.versions and w > 0
+        ]
+
     @property
     def split(self) -> bool:
         """Whether unpinned traffic is shared between two or more served versions."""
-        if self.traffic is None:
-            return False
-        return sum(1 for v, w in self.traffic.weights.items() if v in self.versions and w > 0) > 1
+        return len(self._weighted) > 1
 
     @property
     def default_version(self) -> int | None:

@@ -31,6 +31,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_deadline: asyncio.TimerHandle | None = None
         self._url_bytes = 0
         self._header_fields = 0
+        self._head_pending = False  # a request has begun and its head is not complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -40,12 +41,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_head_deadline()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Armed only when a head is still incomplete once this chunk is parsed: the usual
+        # request arrives whole in one chunk and needs no timer (one per request costs).
+        if self._head_pending and self._head_deadline is None:
+            self._arm_head_deadline()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._url_bytes = 0
         self._header_fields = 0
-        if self._head_deadline is None:
-            self._arm_head_deadline()
+        self._head_pending = True
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
@@ -62,6 +69,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._head_pending = False
         self._disarm_head_deadline()
         super().on_headers_complete()
 

@@ -1,6 +1,7 @@
+from collections.abc import Sequence
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import FastAPI, Request, Response, params
 
 from app.batching import REPLY_BYTES_PER_ROW, offload
 from app.dependencies import (
@@ -14,25 +15,21 @@ from app.dependencies import (
     settings_of,
 )
 from app.inference import prediction_json
+from app.routing import DirectRoute
 from schemas.errors import error_responses
 from schemas.predict import PredictionRequest, PredictionResponse
 
-# The API-key guard is added by create_app when a key is configured (free when it is not).
-router = APIRouter(
-    prefix="/models",
-    tags=["predict"],
-    responses=error_responses(
-        {
-            401: "An API key is configured and the request lacks it.",
-            400: "Body is not valid JSON (or not UTF-8).",
-            404: "Unknown model or version.",
-            413: "Body over the byte limit.",
-            415: "Body is not JSON.",
-            422: "Rows fail the model's schema (more rows than the limit included).",
-            500: "The model failed on valid input.",
-            503: "Model could not be loaded.",
-        }
-    ),
+_RESPONSES = error_responses(
+    {
+        401: "An API key is configured and the request lacks it.",
+        400: "Body is not valid JSON (or not UTF-8).",
+        404: "Unknown model or version.",
+        413: "Body over the byte limit.",
+        415: "Body is not JSON.",
+        422: "Rows fail the model's schema (more rows than the limit included).",
+        500: "The model failed on valid input.",
+        503: "Model could not be loaded.",
+    }
 )
 
 # The body is read raw and validated by the model's own schema (built from its card), so the
@@ -45,13 +42,34 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+def add_routes(app: FastAPI, *, guard: Sequence[params.Depends]) -> None:
+    """The JSON prediction routes, the hot path. They go on the app's own router, ahead of every
+    included router (FastAPI matches an included router's routes twice per request), as
+    `DirectRoute`s (no per-request dependency solving). `guard` is the API-key guard when a key
+    is configured: a route with a dependency takes FastAPI's standard handler."""
+    for path, endpoint in (
+        ("/models/{model_name}/predict", predict_default),
+        ("/models/{model_name}/versions/{version}/predict", predict_version),
+    ):
+        app.router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            tags=["predict"],
+            dependencies=guard,
+            responses=_RESPONSES,
+            openapi_extra=_REQUEST_BODY,
+            response_model=PredictionResponse,
+            route_class_override=DirectRoute,
+        )
+
+
 async def _predict(
     request: Request, model_name: str, version: int | None, session: str | None
 ) -> Response:
-    # The hot path, with no FastAPI dependencies (see app.dependencies): the same routing and
-    # body checks, called directly. Parsing and formatting run on the event loop for small
-    # requests (cheaper than a thread hop), in a thread for large ones; the estimator call is
-    # batched with concurrent requests.
+    # The same routing and body checks as every other surface, called directly. Parsing and
+    # formatting run on the event loop for small requests (cheaper than a thread hop), in a
+    # thread for large ones; the estimator call is batched with concurrent requests.
     routed = route_model(registry_of(request), model_name, version, session)
     body = await read_json_body(request)
     model = routed.model
@@ -61,9 +79,6 @@ async def _predict(
     return routed_reply(content, routed, settings_of(request))
 
 
-@router.post(
-    "/{model_name}/predict", openapi_extra=_REQUEST_BODY, response_model=PredictionResponse
-)
 async def predict_default(
     model_name: ModelName, request: Request, session: SessionCookie = None
 ) -> Response:
@@ -71,11 +86,6 @@ async def predict_default(
     return await _predict(request, model_name, None, session)
 
 
-@router.post(
-    "/{model_name}/versions/{version}/predict",
-    openapi_extra=_REQUEST_BODY,
-    response_model=PredictionResponse,
-)
 async def predict_version(
     model_name: ModelName, version: ModelVersion, request: Request
 ) -> Response:

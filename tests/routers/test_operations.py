@@ -1,13 +1,13 @@
 """Operations through the real app, in process: request ids, the JSON access log, the request
 and prediction metrics at /metrics, and the optional API key on the prediction routes."""
 
+import io
 import json
-import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import httpx2
 import pytest
@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.main import create_app
+from app.observability import ACCESS_LOG
 from tests.conftest import build_store
 from tests.routers.test_predict import assert_envelope, strict_json
 from tests.routers.test_v2 import assert_v2_error, infer_body
@@ -44,29 +45,41 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_store(tmp_path_factory.mktemp("store") / "models")
 
 
-class _Collector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
+class CapturedAccessLog(Sequence[str]):
+    """The access log's lines during a test: ACCESS_LOG writes to a buffer instead of stdout,
+    and reading flushes what is pending (lines are otherwise written at the end of the event
+    loop's turn, which may come after the test client has its reply)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+
+    def _lines(self) -> list[str]:
+        ACCESS_LOG.flush()
+        return self.buffer.getvalue().splitlines()
+
+    def __len__(self) -> int:
+        return len(self._lines())
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self._lines()[index]
+
+    def __repr__(self) -> str:
+        return repr(self._lines())
 
 
 @pytest.fixture
-def access_log() -> Iterator[list[str]]:
-    """Every message the access logger emits during the test (it does not propagate, so a
-    handler of our own sits beside its stdout one)."""
-    collector = _Collector()
-    logger = logging.getLogger("modelport.access")
-    logger.addHandler(collector)
-    try:
-        yield collector.messages
-    finally:
-        logger.removeHandler(collector)
+def access_log(monkeypatch: pytest.MonkeyPatch) -> CapturedAccessLog:
+    ACCESS_LOG.flush()  # lines of earlier tests go where they were going
+    captured = CapturedAccessLog()
+    monkeypatch.setattr(ACCESS_LOG, "stream", captured.buffer)
+    return captured
 
 
-def log_line(messages: list[str], request_id: str) -> dict[str, Any]:
+def log_line(messages: Sequence[str], request_id: str) -> dict[str, Any]:
     """The one access-log line carrying `request_id`: one JSON object, on one line."""
     matching = [m for m in messages if json.loads(m)["request_id"] == request_id]
     assert len(matching) == 1, messages
@@ -116,7 +129,7 @@ def route_labels(client: TestClient) -> set[str]:
 )
 def test_well_formed_request_id_is_returned_and_logged(
     client: TestClient,
-    access_log: list[str],
+    access_log: CapturedAccessLog,
     offered: str,
     method: str,
     path: str,
@@ -144,7 +157,7 @@ def test_well_formed_request_id_is_returned_and_logged(
     ids=["129-chars", "200-chars", "space", "script", "quote", "semicolon", "non-ascii", "empty"],
 )
 def test_malformed_request_id_is_replaced_by_a_fresh_one(
-    client: TestClient, access_log: list[str], offered: bytes
+    client: TestClient, access_log: CapturedAccessLog, offered: bytes
 ) -> None:
     reply = client.get("/healthz", headers={b"X-Request-ID": offered})
 
@@ -160,7 +173,7 @@ def test_malformed_request_id_is_replaced_by_a_fresh_one(
 
 
 def test_request_id_is_generated_when_absent_and_differs_per_request(
-    client: TestClient, access_log: list[str]
+    client: TestClient, access_log: CapturedAccessLog
 ) -> None:
     first = client.get("/healthz")
     second = client.get("/healthz")
@@ -190,7 +203,7 @@ ERROR_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
 )
 def test_error_responses_carry_the_request_id_and_are_logged(
     client: TestClient,
-    access_log: list[str],
+    access_log: CapturedAccessLog,
     offer: bool,
     method: str,
     path: str,
@@ -236,7 +249,7 @@ LOG_CASES: list[tuple[str, str, str, dict[str, Any], int, str, str | None, int |
 )
 def test_one_json_log_line_per_request_names_route_model_and_version(
     client: TestClient,
-    access_log: list[str],
+    access_log: CapturedAccessLog,
     method: str,
     path: str,
     kwargs: dict[str, Any],
@@ -260,7 +273,7 @@ def test_one_json_log_line_per_request_names_route_model_and_version(
 
 
 def test_v2_infer_log_line_names_the_version_that_answered(
-    client: TestClient, access_log: list[str]
+    client: TestClient, access_log: CapturedAccessLog
 ) -> None:
     reply = client.post(
         "/v2/models/line/infer", json=infer_body([[1.0, 2.0]]), headers={"X-Request-ID": "v2-1"}
@@ -275,7 +288,7 @@ def test_v2_infer_log_line_names_the_version_that_answered(
 
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
 def test_docs_requests_are_labelled_by_their_route_not_unmatched(
-    client: TestClient, access_log: list[str], path: str
+    client: TestClient, access_log: CapturedAccessLog, path: str
 ) -> None:
     before = metric(client, "modelport_requests_total", route=path, method="GET", status="200")
     reply = client.get(path, headers={"X-Request-ID": "docs-1"})

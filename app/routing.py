@@ -11,7 +11,9 @@ path parameter and cookie with its own field (the same pydantic validation, the 
 failure) and calls the endpoint.
 
 A route with anything else to solve (dependencies such as the API-key guard, query parameters,
-headers, a body) gets FastAPI's standard handler: nothing is ever skipped silently.
+headers, a body) gets FastAPI's standard handler, and so does a DirectRoute included through
+`include_router` (the including router may add dependencies the route itself does not list):
+nothing is ever skipped silently. routers/predict.py adds its routes to the app's own router.
 """
 
 from collections.abc import Callable, Coroutine
@@ -20,6 +22,10 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+
+# Set by FastAPI while it builds the handler of a route included through `include_router`
+# (private, hence imported by name: a FastAPI without it fails here, at start-up, not silently).
+from fastapi.routing import _effective_route_context_var as _inclusion
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -44,7 +50,7 @@ class DirectRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         dependant = self.dependant
-        if not self._is_direct():
+        if _inclusion.get() is not None or not self._is_direct():
             return super().get_route_handler()
         endpoint = dependant.call
         assert endpoint is not None

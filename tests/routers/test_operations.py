@@ -286,6 +286,28 @@ def test_v2_infer_log_line_names_the_version_that_answered(
     assert record["version"] == 1
 
 
+def test_with_the_access_log_off_requests_leave_no_line_but_still_get_ids_and_metrics(
+    store: Path, access_log: CapturedAccessLog
+) -> None:
+    with TestClient(create_app(Settings(model_dir=store, access_log=False))) as quiet:
+        before = metric(
+            quiet, "modelport_requests_total", route=PREDICT_ROUTE, method="POST", status="200"
+        )
+        reply = quiet.post(
+            "/models/line/predict",
+            json={"instances": [[1.0, 2.0]]},
+            headers={"X-Request-ID": "quiet-1"},
+        )
+        after = metric(
+            quiet, "modelport_requests_total", route=PREDICT_ROUTE, method="POST", status="200"
+        )
+
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-request-id"] == "quiet-1"
+    assert after - before == 1
+    assert len(access_log) == 0, access_log
+
+
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc"])
 def test_docs_requests_are_labelled_by_their_route_not_unmatched(
     client: TestClient, access_log: CapturedAccessLog, path: str

@@ -60,7 +60,7 @@ class AccessLog:
             self._scheduled = False
             lines, self._pending = self._pending, []
         if lines:
-            stream = self.stream or sys.stdout
+            stream = sys.stdout if self.stream is None else self.stream
             try:
                 stream.write(b"\n".join([*lines, b""]).decode())
                 stream.flush()

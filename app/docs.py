@@ -222,15 +222,27 @@ class _TypedOperations:
         operation["summary"] = summary
         return operation
 
+    def _versioned(
+        self, model: LoadedModel, *, pinned: bool, paths: tuple[str, str], verb: str
+    ) -> dict[str, Any]:
+        """The copy of the default route's operation (`paths[0]`) or the pinned-version route's
+        (`paths[1]`), named and summarised for `model`."""
+        default_path, pinned_path = paths
+        if pinned:
+            return self._from(
+                pinned_path,
+                f"model-{model.name}-v{model.version}-{verb}",
+                f"{verb.capitalize()} with {model.name} version {model.version} (pinned)",
+            )
+        return self._from(
+            default_path, f"model-{model.name}-{verb}", f"{verb.capitalize()} with {model.name}"
+        )
+
     def predict(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
         """JSON rows: the default version's operation, or a pinned version's."""
-        if pinned:
-            template, suffix = VERSION_PREDICT_PATH, f"v{model.version}-predict"
-            summary = f"Predict with {model.name} version {model.version} (pinned)"
-        else:
-            template, suffix = PREDICT_PATH, "predict"
-            summary = f"Predict with {model.name}"
-        operation = self._from(template, f"model-{model.name}-{suffix}", summary)
+        operation = self._versioned(
+            model, pinned=pinned, paths=(PREDICT_PATH, VERSION_PREDICT_PATH), verb="predict"
+        )
         if not operation:
             return operation
         operation["description"] = _describe(model, pinned=pinned)
@@ -326,13 +338,9 @@ class _TypedOperations:
     def infer(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
         """Open Inference Protocol inference, with what this model takes: its datatypes, at
         most one input per feature, shapes of one or two dimensions, its outputs."""
-        if pinned:
-            template, suffix = VERSION_INFER_PATH, f"v{model.version}-infer"
-            summary = f"Infer with {model.name} version {model.version} (pinned)"
-        else:
-            template, suffix = INFER_PATH, "infer"
-            summary = f"Infer with {model.name}"
-        operation = self._from(template, f"model-{model.name}-{suffix}", summary)
+        operation = self._versioned(
+            model, pinned=pinned, paths=(INFER_PATH, VERSION_INFER_PATH), verb="infer"
+        )
         if not operation:
             return operation
         for parameter in operation.get("parameters", []):

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -154,15 +155,20 @@ def test_pets_schema_carries_categories_and_bounds(client: TestClient) -> None:
     assert record["properties"]["age"]["maximum"] == 40
 
 
+def post_documented_example(
+    client: TestClient, path: str
+) -> tuple[dict[str, Any], Any, httpx2.Response]:
+    """The documented JSON operation at `path`, its request example, and the reply to posting
+    that example as is (what Swagger's "Try it out" sends)."""
+    operation: dict[str, Any] = openapi(client)["paths"][path]["post"]
+    example = operation["requestBody"]["content"]["application/json"]["example"]
+    return operation, example, client.post(path, json=example)
+
+
 @pytest.mark.parametrize("name", ["flowers", "line", "pets"])
 def test_documented_example_works_when_posted_to_its_path(client: TestClient, name: str) -> None:
     """What Swagger's "Try it out" sends."""
-    document = openapi(client)
-    path = f"/models/{name}/predict"
-    operation = document["paths"][path]["post"]
-    example = operation["requestBody"]["content"]["application/json"]["example"]
-
-    response = client.post(path, json=example)
+    operation, example, response = post_documented_example(client, f"/models/{name}/predict")
 
     assert response.status_code == 200, response.text
     assert response.json()["model_name"] == name
@@ -256,12 +262,9 @@ def test_templated_prediction_routes_still_answer(client: TestClient, path: str)
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_pinned_operation_documents_its_own_version(client: TestClient, version: int) -> None:
-    document = openapi(client)
-    path = f"/models/flowers/versions/{version}/predict"
-    operation = document["paths"][path]["post"]
-    example = operation["requestBody"]["content"]["application/json"]["example"]
-
-    response = client.post(path, json=example)
+    operation, _, response = post_documented_example(
+        client, f"/models/flowers/versions/{version}/predict"
+    )
 
     assert response.status_code == 200, response.text
     assert response.json()["model_version"] == version

@@ -16,8 +16,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-import orjson
 import pandas as pd
+import simdjson
 from pydantic import (
     BeforeValidator,
     ConfigDict,
@@ -220,21 +220,22 @@ class InputSchema:
 
     def _numeric_array_body(self, body: bytes) -> Matrix | None:
         """The fast path for the common body: array rows of numbers for an all-numeric model.
-        None (take the exact path) unless the body can hold nothing but the key `"instances"`
-        and numbers (no other string, no true/false/null/NaN): then orjson and numpy parse it."""
-        if not self.numeric or body.translate(None, _NUMBERS_AND_ARRAYS) != _ONLY_THE_KEY:
+
+        None (take the exact path) unless the body's skeleton, once numbers, commas and
+        whitespace are deleted, is exactly `{"instancs":[` + `[]` per row + `]}` (the key's
+        letters less its "e"s): one object, one key, an array of flat arrays and nothing else:
+        no string, no true/false/null/NaN, no nesting. Then `number_rows` parses it."""
+        if not self.numeric:
             return None
-        try:
-            document = orjson.loads(body)
-            if type(document) is not dict or list(document) != ["instances"]:
-                return None
-            instances = document["instances"]
-            if type(instances) is not list:
-                return None
-            matrix = np.array(instances, dtype=np.float64)
-        except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+        skeleton = body.translate(None, _NUMBER_BYTES)
+        if not (skeleton.startswith(_SKELETON_HEAD) and skeleton.endswith(_SKELETON_TAIL)):
             return None
-        return self.validate_matrix(matrix)
+        arrays = skeleton[len(_SKELETON_HEAD) : -len(_SKELETON_TAIL)]
+        rows = len(arrays) // 2
+        if len(skeleton) < len(_SKELETON_HEAD) + len(_SKELETON_TAIL) or arrays != b"[]" * rows:
+            return None
+        matrix = number_rows(body, rows=rows, width=len(self.feature_names), key="instances")
+        return None if matrix is None else self.validate_matrix(matrix)
 
     def validate_rows(
         self, rows: Sequence[Any], *, loc: tuple[str, ...] = ("instances",)
@@ -319,10 +320,39 @@ class InputSchema:
         return {"instances": [dict(zip(self.feature_names, row, strict=True))]}
 
 
-# What an `{"instances": [[numbers...], ...]}` body is made of besides its key: deleting these
-# bytes must leave exactly the key's letters (less the "e") and the braces, quotes and colon.
-_NUMBERS_AND_ARRAYS = b"0123456789.eE+-,[] \t\r\n"
-_ONLY_THE_KEY = b'{"instancs":}'
+# What an `{"instances": [[numbers...], ...]}` body is made of besides its structure: deleting
+# these bytes must leave exactly the skeleton `{"instancs":[` + `[]` per row + `]}`.
+_NUMBER_BYTES = b"0123456789.eE+-, \t\r\n"
+_SKELETON_HEAD = b'{"instancs":['
+_SKELETON_TAIL = b"]}"
+
+
+def number_rows(
+    text: bytes, *, width: int, rows: int | None = None, key: str | None = None
+) -> Matrix | None:
+    """The JSON array of arrays of `width` numbers (`rows` of them, when given) that `text` is,
+    or that its one key `key` holds, parsed by simdjson into one float64 matrix with no Python
+    object per cell.
+
+    simdjson checks the whole JSON grammar and rounds each number correctly (as orjson and
+    Python do). None when `text` is anything else, or holds a number simdjson will not (beyond
+    64-bit integers or float64's range): the caller then takes its exact path."""
+    try:
+        # A parser per call: a parser keeps its buffers at the largest document it has seen.
+        document: Any = simdjson.Parser().parse(text)
+        if key is not None:
+            if not isinstance(document, simdjson.Object) or list(document) != [key]:
+                return None
+            document = document[key]
+        if not isinstance(document, simdjson.Array) or rows not in (None, len(document)):
+            return None
+        arrays: Any = document  # rows: Arrays, unless a number stands among them
+        if len(arrays) and set(map(len, arrays)) != {width}:
+            return None  # ragged rows, or a number among the rows
+        cells = document.as_buffer(of_type="d")
+    except (ValueError, RuntimeError, TypeError):
+        return None
+    return np.frombuffer(cells, dtype=np.float64).reshape(-1, width)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -535,10 +565,6 @@ def prediction_document(model: LoadedModel, output: ModelOutput) -> dict[str, An
             )
         ]
     return {"model_name": model.name, "model_version": model.version, "predictions": items}
-
-
-def prediction_json(model: LoadedModel, output: ModelOutput) -> bytes:
-    return orjson.dumps(prediction_document(model, output))
 
 
 def prediction_response(model: LoadedModel, output: ModelOutput) -> PredictionResponse:

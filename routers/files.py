@@ -1,13 +1,13 @@
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, File, Header, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import REPLY_BYTES_PER_ROW, offload
 from app.dependencies import ApiKeyGuard, ModelDep, SettingsDep
-from app.inference import LoadedModel, ModelOutput, prediction_document, prediction_response
+from app.inference import LoadedModel, ModelOutput, prediction_response
+from app.replies import prediction_json
 from app.tabular import CsvTable, csv_reply_lines
 from app.uploads import read_upload
 from schemas.errors import error_responses
@@ -42,8 +42,7 @@ UploadedFile = Annotated[
 def _json_reply(
     model: LoadedModel, output: ModelOutput, filename: str | None, table: CsvTable
 ) -> bytes:
-    document = prediction_document(model, output)
-    return orjson.dumps({**document, "filename": filename, "rows": len(table.rows)})
+    return prediction_json(model, output, {"filename": filename, "rows": len(table.rows)})
 
 
 @router.post(

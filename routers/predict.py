@@ -14,7 +14,7 @@ from app.dependencies import (
     routed_reply,
     settings_of,
 )
-from app.inference import prediction_json
+from app.replies import prediction_json
 from app.routing import DirectRoute
 from schemas.errors import error_responses
 from schemas.predict import PredictionRequest, PredictionResponse

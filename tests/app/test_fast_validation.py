@@ -131,6 +131,7 @@ def test_the_fast_path_takes_plain_numeric_bodies() -> None:
 
     assert isinstance(rows, np.ndarray)
     assert rows.tolist() == [[1.5, 2.0, 3.0, 4.0], [0.0, 10.0, -5.0, 9007199254740991.0]]
+    assert rows.flags.writeable  # a pipeline's own step may change its input in place
 
 
 @pytest.mark.parametrize(

@@ -85,13 +85,14 @@ def _values(column: np.ndarray[Any, Any]) -> _Column:
 
 
 def _labels(predictions: np.ndarray[Any, Any]) -> _Column:
-    if predictions.dtype.kind in "biuf":
+    kind = predictions.dtype.kind
+    if kind in "biuf":
         return _values(predictions)
-    # Strings may hold commas: each distinct label serialised once, then looked up per row.
-    try:
+    if kind in "US" or all(type(label) is str for label in predictions.tolist()):
+        # Strings may hold commas: each distinct one serialised once, then looked up per row.
         distinct, codes = np.unique(predictions, return_inverse=True)
         texts = [orjson.dumps(label) for label in distinct.tolist()]
-    except TypeError:  # labels of mixed types, which do not sort: one by one
+    else:  # other objects (1 and 1.0 and True would be one "distinct" label): one by one
         texts = [orjson.dumps(label) for label in predictions.tolist()]
         codes = np.arange(len(texts))
     lengths = np.array([len(text) for text in texts], dtype=np.int64)

@@ -97,7 +97,12 @@ def test_regression_replies_match_the_document(rows: int) -> None:
 
 def test_labels_outside_the_models_classes_are_written_too() -> None:
     model = fitted_model("classification", ["b", "a"])
-    for labels in (np.array(["a", "zz,z", "a", "b"]), np.array([1, "a,", None], dtype=object)):
+    for labels in (
+        np.array(["a", "zz,z", "a", "b"]),
+        np.array(["a", "zz,z", "a"], dtype=object),
+        np.array([1, "a,", None], dtype=object),
+        np.array([1, 1.0, True, "a"], dtype=object),  # equal as dict keys, not as JSON
+    ):
         output = ModelOutput(labels, None)
 
         assert columnwise_json(model, output) == orjson.dumps(prediction_document(model, output))

@@ -227,12 +227,13 @@ class InputSchema:
         no string, no true/false/null/NaN, no nesting. Then `number_rows` parses it."""
         if not self.numeric:
             return None
-        skeleton = body.translate(None, _NUMBER_BYTES)
+        skeleton = body.translate(None, NUMBER_TEXT_BYTES)
         if not (skeleton.startswith(_SKELETON_HEAD) and skeleton.endswith(_SKELETON_TAIL)):
             return None
+        # (Head and tail cannot overlap: the head ends with "[", the tail starts with "]".)
         arrays = skeleton[len(_SKELETON_HEAD) : -len(_SKELETON_TAIL)]
         rows = len(arrays) // 2
-        if len(skeleton) < len(_SKELETON_HEAD) + len(_SKELETON_TAIL) or arrays != b"[]" * rows:
+        if arrays != b"[]" * rows:
             return None
         matrix = number_rows(body, rows=rows, width=len(self.feature_names), key="instances")
         return None if matrix is None else self.validate_matrix(matrix)
@@ -320,9 +321,11 @@ class InputSchema:
         return {"instances": [dict(zip(self.feature_names, row, strict=True))]}
 
 
-# What an `{"instances": [[numbers...], ...]}` body is made of besides its structure: deleting
-# these bytes must leave exactly the skeleton `{"instancs":[` + `[]` per row + `]}`.
-_NUMBER_BYTES = b"0123456789.eE+-, \t\r\n"
+# The bytes of numbers, the commas between them and blank space: what text holding nothing but
+# numbers is made of besides its structure. Deleted from an `{"instances": [[numbers...], ...]}`
+# body they must leave exactly the skeleton `{"instancs":[` + `[]` per row + `]}`; from the
+# data lines of a numbers-only CSV, nothing.
+NUMBER_TEXT_BYTES = b"0123456789.eE+-, \t\r\n"
 _SKELETON_HEAD = b'{"instancs":['
 _SKELETON_TAIL = b"]}"
 

@@ -41,7 +41,9 @@ def prediction_json(
 ) -> bytes:
     """`{"model_name", "model_version", "predictions": [...], **extra}` as JSON bytes."""
     if len(output) < COLUMNWISE_ROWS:
-        return orjson.dumps({**prediction_document(model, output), **(extra or {})})
+        document = prediction_document(model, output)
+        document.update(extra or {})
+        return orjson.dumps(document)
     return columnwise_json(model, output, extra)
 
 

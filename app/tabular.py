@@ -20,7 +20,15 @@ import numpy as np
 import pandas as pd
 
 from app.errors import InvalidInput, UnreadableFile
-from app.inference import InputSchema, Matrix, Row, Rows, number_rows, too_many_rows
+from app.inference import (
+    NUMBER_TEXT_BYTES,
+    InputSchema,
+    Matrix,
+    Row,
+    Rows,
+    number_rows,
+    too_many_rows,
+)
 from schemas.predict import ClassPrediction, PredictionResponse, ValuePrediction
 
 # Checked per cell here rather than with `csv.field_size_limit`, which is process-global and
@@ -92,7 +100,7 @@ def _read_float_table(data: bytes, inputs: InputSchema) -> tuple[list[str], Matr
     if (
         header_end < 0
         or not lines
-        or lines.translate(None, _NUMBER_LINE_BYTES)
+        or lines.translate(None, NUMBER_TEXT_BYTES)
         # A lone carriage return ends a line for the csv module, but is blank space to JSON.
         or (b"\r" in lines and lines.count(b"\r") != lines.count(b"\r\n") + lines.endswith(b"\r"))
         or _has_negative_integer_zero(lines)
@@ -267,8 +275,6 @@ def _header_error(line: int, problem: str, names: list[str], kind: str) -> dict[
 # "1_000", a decimal comma, an empty cell) goes to the exact path, which accepts or names it.
 _NOT_FLOAT_TEXT = str.maketrans("", "", "0123456789.eE+-")
 _NOT_INT_TEXT = str.maketrans("", "", "0123456789+-")
-# What the data lines of an all-float CSV may hold for the simdjson path.
-_NUMBER_LINE_BYTES = b"0123456789.eE+-, \t\r\n"
 # "-0" not followed by more of a number ("-0.5", "-0e1", "-01"). A literal start keeps the
 # search fast; a lookbehind for exponents ("1e-0") would make it scan byte by byte.
 _MINUS_ZERO = re.compile(rb"-0(?![0-9.eE])")

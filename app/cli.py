@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from app.allocator import malloc_environment
 from app.config import get_settings, pid_file_of
 
 
@@ -44,7 +45,8 @@ def _import(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     # exec, so gunicorn's master takes this PID and receives SIGTERM/SIGHUP directly.
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app.main:app"]
-    os.execv(sys.executable, argv)
+    environment = {**os.environ, **malloc_environment(get_settings().malloc_keep_mib, os.environ)}
+    os.execve(sys.executable, argv, environment)
 
 
 def _reload(args: argparse.Namespace) -> int:

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest multipart upload (file or form) accepted, in bytes.",
     )
+    upload_memory_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        description="Under `modelport serve`, an uploaded file up to this many bytes is held in memory while the request is read; a larger one goes to a temporary file.",
+    )
     max_image_pixels: int = Field(
         default=40_000_000, ge=64, description="Largest image accepted, in pixels (width × height)."
     )
@@ -98,6 +103,12 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="info", description="gunicorn/uvicorn log level.")
     access_log: bool = Field(default=True, description="One JSON line per request on stdout.")
+    malloc_keep_mib: int = Field(
+        default=64,
+        ge=0,
+        le=1024,
+        description="Freed memory a glibc malloc arena keeps for the next request, in MiB (two arenas per process; set by `modelport serve` unless MALLOC_* or GLIBC_TUNABLES already tune malloc); 0 keeps glibc's defaults.",
+    )
 
     @field_validator("cors_origins")
     @classmethod

@@ -467,6 +467,10 @@ class ModelOutput:
 
     predictions: np.ndarray[Any, Any]  # labels (classification) or float64 values, shape (n,)
     probabilities: np.ndarray[Any, Any] | None  # float64, shape (n, n_classes), in classes_ order
+    # When each label was taken from the estimator's classes_ by index: `classes`, and each
+    # row's index into it (the reply then writes each class's text once).
+    classes: np.ndarray[Any, Any] | None = None
+    class_indices: np.ndarray[Any, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -475,6 +479,8 @@ class ModelOutput:
         return ModelOutput(
             self.predictions[start:stop],
             None if self.probabilities is None else self.probabilities[start:stop],
+            self.classes,
+            None if self.class_indices is None else self.class_indices[start:stop],
         )
 
 
@@ -489,12 +495,14 @@ def call_estimator(model: LoadedModel, rows: Rows, *, observe: bool = True) -> M
     features = model.inputs.to_model_input(rows)
     estimator = model.estimator
     where = f"Model {model.name} v{model.version}"
+    classes = indices = None
     try:
         # Overflow on extreme (but finite) inputs is judged per row by check_output, not here.
         with np.errstate(all="ignore"):
             if model.labels_from_probabilities:
                 proba = estimator.predict_proba(features)
-                raw = np.asarray(estimator.classes_).take(np.argmax(proba, axis=1), axis=0)
+                classes, indices = np.asarray(estimator.classes_), np.argmax(proba, axis=1)
+                raw = classes.take(indices, axis=0)
             else:
                 raw = estimator.predict(features)
                 proba = estimator.predict_proba(features) if model.has_probabilities else None
@@ -508,7 +516,7 @@ def call_estimator(model: LoadedModel, rows: Rows, *, observe: bool = True) -> M
         raise InferenceError(f"{where} answered shape {predictions.shape} for {len(rows)} rows")
     if model.card.task == "regression":
         predictions = predictions.astype(np.float64)
-    return ModelOutput(predictions=predictions, probabilities=probabilities)
+    return ModelOutput(predictions, probabilities, classes, indices)
 
 
 def check_output(model: LoadedModel, output: ModelOutput, *, observe: bool = True) -> ModelOutput:

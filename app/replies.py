@@ -64,10 +64,10 @@ def _items(model: LoadedModel, output: ModelOutput) -> bytes:
     if model.card.task == "regression":
         columns = [b'{"value":', _values(output.predictions), b"},"]
     elif output.probabilities is None:
-        columns = [b'{"label":', _labels(output.predictions), b',"probabilities":null},']
+        columns = [b'{"label":', _labels(output), b',"probabilities":null},']
     else:
         keys = [orjson.dumps(key) for key in model.class_keys]
-        columns = [b'{"label":', _labels(output.predictions), b',"probabilities":{']
+        columns = [b'{"label":', _labels(output), b',"probabilities":{']
         for index, (key, probabilities) in enumerate(
             zip(keys, output.probabilities.T, strict=True)
         ):
@@ -79,18 +79,35 @@ def _items(model: LoadedModel, output: ModelOutput) -> bytes:
 def _values(column: np.ndarray[Any, Any]) -> _Column:
     """Numbers (or booleans) as orjson writes each: none contains a comma, so the commas of
     the serialised list delimit the items."""
-    text = orjson.dumps(column.tolist())[1:-1]
+    text = _json_list(column)[1:-1]
     commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _COMMA)
     starts = np.concatenate(([0], commas + 1))
     ends = np.concatenate((commas, [len(text)]))
     return _Column(text, starts, ends - starts)
 
 
-def _labels(predictions: np.ndarray[Any, Any]) -> _Column:
+def _json_list(column: np.ndarray[Any, Any]) -> bytes:
+    """`orjson.dumps(column.tolist())`: straight from the array when orjson writes its items
+    as it writes the Python numbers (float64, integers, booleans; a float32 would be written
+    shorter), without making those numbers."""
+    if column.dtype == np.float64 or column.dtype.kind in "biu":
+        try:
+            return orjson.dumps(np.ascontiguousarray(column), option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # e.g. a byte order orjson does not read
+            pass
+    return orjson.dumps(column.tolist())
+
+
+def _labels(output: ModelOutput) -> _Column:
+    predictions = output.predictions
     kind = predictions.dtype.kind
-    if kind in "biuf":
+    if output.classes is not None and output.class_indices is not None:
+        # Each class's text once, then looked up by the row's class index.
+        texts = [orjson.dumps(label) for label in output.classes.tolist()]
+        codes = output.class_indices
+    elif kind in "biuf":
         return _values(predictions)
-    if kind in "US" or all(type(label) is str for label in predictions.tolist()):
+    elif kind in "US" or all(type(label) is str for label in predictions.tolist()):
         # Strings may hold commas: each distinct one serialised once, then looked up per row.
         distinct, codes = np.unique(predictions, return_inverse=True)
         texts = [orjson.dumps(label) for label in distinct.tolist()]
@@ -129,9 +146,10 @@ def _lay_out(columns: list[bytes | _Column], rows: int) -> bytes:
     # Each output byte's source position: consecutive within a fragment (steps of 1), jumping
     # at each fragment's first byte, so one cumulative sum over the steps gives them all.
     kind = np.int32 if max(total, len(source)) < 2**31 else np.int64
-    positions = np.ones(total, dtype=kind)
+    positions: np.ndarray[Any, np.dtype[np.signedinteger[Any]]] = np.ones(total, dtype=kind)
     positions[0] = flat_starts[0]
     positions[ends[:-1]] = flat_starts[1:] - (flat_starts[:-1] + flat_lengths[:-1] - 1)
     np.cumsum(positions, out=positions)
-    gathered: np.ndarray[Any, np.dtype[np.uint8]] = source[positions]
+    # `take` rather than indexing: the same gather, half the time (numpy's indexing machinery).
+    gathered: np.ndarray[Any, np.dtype[np.uint8]] = source.take(positions)
     return gathered.tobytes()

@@ -171,6 +171,26 @@ def test_bodies_the_vectorised_parser_leaves_to_the_exact_path(body: bytes) -> N
     assert outcome(inputs.validate_json, body) == outcome(inputs.validate_json_exactly, body)
 
 
+# One feature: each row's skeleton is "[]" whether it holds a number or nothing, so only the
+# parsed count tells an empty row from a full one.
+ONE_FEATURE = [FeatureSpec(name="x", dtype="float")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[1.5], []]}',
+        b'{"instances": [[], [2.5]]}',
+        b'{"instances": [[]]}',
+        b'{"instances": [[1.5], [2.5]]}',
+    ],
+)
+def test_one_feature_rows_hold_one_number_each(body: bytes) -> None:
+    inputs = schema(features=ONE_FEATURE)
+
+    assert outcome(inputs.validate_json, body) == outcome(inputs.validate_json_exactly, body)
+
+
 # -- CSV uploads --------------------------------------------------------------------------------
 CSV_CELLS = [
     "0", "1", "-1", "+1", "3.0", "3.5", "-5", "-6", "100", "101", "007", "10", "10.0", "1e2",
@@ -265,3 +285,21 @@ def test_csv_fast_paths_agree_with_the_exact_path(
 
 def table_rows(inputs: InputSchema, body: bytes, keep_cells: bool) -> Rows:
     return read_csv(io.BytesIO(body), inputs, keep_cells=keep_cells).rows
+
+
+@pytest.mark.parametrize(
+    ("text", "by_simdjson"),
+    [
+        (b"x\n1.5\n2.5\n", True),
+        (b"x\n1.5\n2.5", True),  # no line ending after the last row
+        (b"x\r\n1.5\r\n2.5", True),
+        (b"x\n1.5\n\n2.5\n", False),  # a blank line: the exact path skips it
+        (b"x\n1.5\n2.5\n\n", False),
+        (b"x\n\n", False),
+    ],
+)
+def test_one_feature_csv_rows(text: bytes, by_simdjson: bool) -> None:
+    inputs = schema(features=ONE_FEATURE)
+
+    assert (tabular._read_float_table(text, inputs) is not None) is by_simdjson
+    assert csv_outcome(inputs, text, keep_cells=False) == csv_outcome(inputs, text, keep_cells=True)

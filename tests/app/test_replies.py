@@ -10,8 +10,15 @@ import orjson
 import pytest
 import sklearn
 from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.ensemble import RandomForestClassifier
 
-from app.inference import InputSchema, LoadedModel, ModelOutput, prediction_document
+from app.inference import (
+    InputSchema,
+    LoadedModel,
+    ModelOutput,
+    call_estimator,
+    prediction_document,
+)
 from app.replies import COLUMNWISE_ROWS, columnwise_json, prediction_json
 from schemas.cards import FeatureSpec, ModelCard, TargetSpec
 
@@ -67,10 +74,15 @@ def test_classification_replies_match_the_document(kind: str, rows: int) -> None
     model = fitted_model("classification", classes)
     generator = np.random.default_rng(rows)
     known = np.asarray(model.estimator.classes_)
-    predictions = known[generator.integers(0, len(known), size=rows)]
+    indices = generator.integers(0, len(known), size=rows)
+    predictions = known[indices]
     proba = probabilities(rows, len(known), generator)
 
-    for output in (ModelOutput(predictions, proba), ModelOutput(predictions, None)):
+    for output in (
+        ModelOutput(predictions, proba),
+        ModelOutput(predictions, None),
+        ModelOutput(predictions, proba, known, indices),  # labels taken by class index
+    ):
         expected = orjson.dumps(prediction_document(model, output))
         assert prediction_json(model, output) == expected
         assert columnwise_json(model, output) == expected
@@ -95,6 +107,19 @@ def test_regression_replies_match_the_document(rows: int) -> None:
         )
 
 
+@pytest.mark.parametrize("dtype", [">f8", "<f4", ">i8", "u8", "i2", "?"])
+def test_columns_of_other_number_types_match_the_document(dtype: str) -> None:
+    """orjson writes float64, integers and booleans from the array as from Python numbers; a
+    float32 is written shorter, and a foreign byte order is refused: those take the list."""
+    model = fitted_model("regression")
+    values = np.array([0, 1, 3.25, 1 / 3, 200, -7, 1e-3], dtype=np.float64)
+    if np.dtype(dtype).kind in "ui?":
+        values = np.abs(np.round(values)) if dtype[0] in "u?" else np.round(values)
+    output = ModelOutput(np.resize(values, COLUMNWISE_ROWS).astype(dtype), None)
+
+    assert columnwise_json(model, output) == orjson.dumps(prediction_document(model, output))
+
+
 def test_labels_outside_the_models_classes_are_written_too() -> None:
     model = fitted_model("classification", ["b", "a"])
     for labels in (
@@ -113,3 +138,22 @@ def test_an_empty_output_gives_an_empty_list() -> None:
     output = ModelOutput(np.array([], dtype=np.float64), None)
 
     assert orjson.loads(columnwise_json(model, output))["predictions"] == []
+
+
+def test_a_forests_reply_is_written_from_its_class_indices() -> None:
+    """Through the real estimator call: a forest's labels come from its probabilities, and the
+    reply writes them from the class indices it kept."""
+    generator = np.random.default_rng(5)
+    x = generator.normal(size=(600, 1))
+    labels = np.array(["low, or none", 'high "and" rising'])[(x[:, 0] > 0).astype(int)]
+    model = fitted_model("classification", ['high "and" rising', "low, or none"])
+    model = LoadedModel(
+        card=model.card,
+        estimator=RandomForestClassifier(n_estimators=5, random_state=0).fit(x, labels),
+        inputs=model.inputs,
+    )
+    output = call_estimator(model, generator.normal(size=(COLUMNWISE_ROWS * 2, 1)))
+
+    assert model.labels_from_probabilities and output.class_indices is not None
+    assert set(output.predictions.tolist()) == set(labels.tolist())
+    assert columnwise_json(model, output) == orjson.dumps(prediction_document(model, output))

@@ -55,6 +55,23 @@ def test_runs_two_uvicorn_workers_under_gunicorn(server: Server) -> None:
     assert "app.worker.ModelportWorker" in log  # uvicorn-worker's, with request-head limits
 
 
+def test_workers_keep_freed_memory_and_small_uploads_in_memory(server: Server) -> None:
+    """`modelport serve` starts gunicorn with glibc malloc keeping freed memory for the next
+    large request (app.allocator); the master logs that and how large an upload stays in
+    memory while it is read."""
+    for pid in server.worker_pids():
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        environ = dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
+        assert environ["MALLOC_ARENA_MAX"] == "2"
+        assert environ["MALLOC_MMAP_THRESHOLD_"] == str(32 * 1024 * 1024)
+        assert environ["MALLOC_TRIM_THRESHOLD_"] == str(64 * 1024 * 1024)
+    log = server.log.read_text()
+    assert (
+        f"uploads up to {8 * 1024 * 1024} bytes held in memory; malloc: MALLOC_ARENA_MAX=2 "
+        f"MALLOC_MMAP_THRESHOLD_={32 * 1024 * 1024} MALLOC_TRIM_THRESHOLD_={64 * 1024 * 1024}"
+    ) in log
+
+
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_predictions_equal_in_process_predict(server: Server, name: str) -> None:
     card = _card(server.store, name, 1)

@@ -25,11 +25,21 @@ ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# A C compiler for the native hot path (app/native), in this stage only. Unreachable apt (an
+# offline build on a base without gcc) only costs speed: modelport then takes its Python paths.
+# Unpinned (DL3008): whichever gcc the base image's release ships builds it the same.
+# hadolint ignore=DL3008
+RUN command -v cc >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev \
+         && rm -rf /var/lib/apt/lists/*; } \
+    || echo "modelport: no C compiler: the image will take the Python paths"
 COPY . .
 # Third-party test suites (numpy, scipy, pandas, scikit-learn: ~110 MB) are never imported.
+# -P: `app` is the installed package (the library is built into it), not /src/app.
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt . \
     && find /opt/venv -type d -name tests -prune -exec rm -rf {} + \
+    && /opt/venv/bin/python -P -m app.native.build \
     && /opt/venv/bin/modelport train --model-dir /opt/models
 
 FROM ${BASE_IMAGE}

@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 # KServe's client needs pandas<3, so the interop tests run it from a virtualenv of its own.
 KSERVE_VENV ?= .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
+# The native hot path (app/native): built with the machine's C compiler, if it has one.
+NATIVE := app/native/hotpath.so
 
 .PHONY: serve dev train test lint format lock clean bench bench-quick
 
@@ -20,13 +22,17 @@ $(KSERVE_STAMP): tests/e2e/kserve-requirements.txt
 	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/kserve-requirements.txt
 	touch $@
 
+# Without a C compiler this says so and builds nothing; modelport then takes its Python paths.
+$(NATIVE): app/native/hotpath.c app/native/build.py $(STAMP)
+	$(BIN)/python -m app.native.build
+
 train: $(STAMP)
 	$(BIN)/modelport train
 
-serve: train
+serve: train $(NATIVE)
 	$(BIN)/modelport serve
 
-dev: train
+dev: train $(NATIVE)
 	$(BIN)/modelport dev
 
 lint: $(STAMP)
@@ -34,16 +40,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy app routers schemas tests benchmarks
 
-test: lint $(KSERVE_STAMP)
+test: lint $(KSERVE_STAMP) $(NATIVE)
 	KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(BIN)/pytest
 
 # modelport against the Flask prototype, a naive FastAPI port and two ceilings (needs wrk and two
 # cores; ~10 minutes). Trains its models into a temporary store; writes benchmarks/results/latest.*.
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE)
 	$(BIN)/python -m benchmarks
 
 # The same harness in about a minute, results in a temporary directory: proves it runs.
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) $(NATIVE)
 	$(BIN)/python -m benchmarks --quick
 
 format: $(STAMP)
@@ -59,4 +65,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) $(KSERVE_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) $(NATIVE) .mypy_cache .ruff_cache .pytest_cache

@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.formparsers import MultiPartParser
 
+from app import native
 from app.allocator import MALLOC_VARIABLES
 from app.config import get_settings, pid_file_of
 
@@ -88,9 +89,10 @@ def when_ready(server: Any) -> None:
         f"{name}={os.environ[name]}" for name in MALLOC_VARIABLES if name in os.environ
     )
     server.log.info(
-        "uploads up to %d bytes held in memory; malloc: %s",
+        "uploads up to %d bytes held in memory; malloc: %s; native hot path: %s",
         MultiPartParser.spool_max_size,
         malloc or "glibc defaults",
+        native.LIBRARY if native.HOT_PATH else "not built (Python paths; see app/native)",
     )
     _load_store(server)
 

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+from app import native
 from app.errors import InvalidInput, UnreadableFile
 from app.inference import (
     NUMBER_TEXT_BYTES,
@@ -73,8 +74,8 @@ def read_csv(
 
 def _read_numeric_table(stream: BinaryIO, inputs: InputSchema, limit: int) -> CsvTable | None:
     """The fast paths for an all-numeric model's CSV when no cells need echoing, straight to a
-    float64 matrix and the vectorised check: simdjson when every feature is a float, else
-    pandas' C parser. None on any doubt (a header, cell, row or encoding they do not plainly
+    float64 matrix and the vectorised check: when every feature is a float the compiled reader
+    or simdjson, else pandas' C parser. None on any doubt (a header, cell, row or encoding they do not plainly
     accept): the exact reader then accepts the file or names every problem, so every path
     accepts the same files with the same values (tested)."""
     data = stream.read()
@@ -89,22 +90,12 @@ def _read_numeric_table(stream: BinaryIO, inputs: InputSchema, limit: int) -> Cs
 
 
 def _read_float_table(data: bytes, inputs: InputSchema) -> tuple[list[str], Matrix] | None:
-    """Every feature a float: the data lines, which may hold only numbers, commas and
-    whitespace, become one JSON array of rows (`1,2\n3,4` -> `[[1,2],[3,4]]`) for
-    `number_rows`. JSON's number grammar is a subset of what the exact path's float parsing
-    accepts, and both round correctly, so a file read here reads the same there."""
+    """Every feature a float: the header, then the data lines by the compiled reader when it is
+    built and sure of every cell (app/native), else by simdjson."""
     if any(feature.dtype != "float" for feature in inputs.card.features):
         return None  # integer cells must be written as integers: pandas reads them as text
     header_end = data.find(b"\n")
-    lines = data[header_end + 1 :]
-    if (
-        header_end < 0
-        or not lines
-        or lines.translate(None, NUMBER_TEXT_BYTES)
-        # A lone carriage return ends a line for the csv module, but is blank space to JSON.
-        or (b"\r" in lines and lines.count(b"\r") != lines.count(b"\r\n") + lines.endswith(b"\r"))
-        or _has_negative_integer_zero(lines)
-    ):
+    if header_end < 0:
         return None
     try:
         header = data[:header_end].removesuffix(b"\r").decode("utf-8-sig")
@@ -114,16 +105,37 @@ def _read_float_table(data: bytes, inputs: InputSchema) -> tuple[list[str], Matr
     names = inputs.feature_names
     if sorted(columns) != sorted(names):
         return None  # includes names with spaces around them: the exact path strips those
-    # One line ending after the last row is usual; any other blank line makes an empty row,
-    # which `number_rows` refuses.
-    last = -3 if lines.endswith(b"\n") else None
-    text = b"".join((b"[[", lines.replace(b"\n", b"],[")[:last], b"]]"))
-    matrix = number_rows(text, width=len(names))
+    hot_path = native.HOT_PATH
+    matrix = (
+        None if hot_path is None else hot_path.read_float_rows(data, header_end + 1, len(names))
+    )
+    if matrix is None:
+        matrix = _read_float_lines(data[header_end + 1 :], len(names))
     if matrix is None:
         return None
     if columns != names:
         matrix = matrix[:, [columns.index(name) for name in names]]
     return columns, matrix
+
+
+def _read_float_lines(lines: bytes, width: int) -> Matrix | None:
+    """The data lines, which may hold only numbers, commas and whitespace, become one JSON
+    array of rows (`1,2\n3,4` -> `[[1,2],[3,4]]`) for `number_rows`. JSON's number grammar is a
+    subset of what the exact path's float parsing accepts, and both round correctly, so a file
+    read here reads the same there."""
+    if (
+        not lines
+        or lines.translate(None, NUMBER_TEXT_BYTES)
+        # A lone carriage return ends a line for the csv module, but is blank space to JSON.
+        or (b"\r" in lines and lines.count(b"\r") != lines.count(b"\r\n") + lines.endswith(b"\r"))
+        or _has_negative_integer_zero(lines)
+    ):
+        return None
+    # One line ending after the last row is usual; any other blank line makes an empty row,
+    # which `number_rows` refuses.
+    last = -3 if lines.endswith(b"\n") else None
+    text = b"".join((b"[[", lines.replace(b"\n", b"],[")[:last], b"]]"))
+    return number_rows(text, width=width)
 
 
 def _has_negative_integer_zero(lines: bytes) -> bool:

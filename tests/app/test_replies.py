@@ -2,6 +2,7 @@
 ones, gives byte for byte what serialising the reply document with orjson gives, for every
 kind of label and value."""
 
+import os
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -12,6 +13,7 @@ import sklearn
 from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import RandomForestClassifier
 
+from app import native
 from app.inference import (
     InputSchema,
     LoadedModel,
@@ -23,6 +25,20 @@ from app.replies import COLUMNWISE_ROWS, columnwise_json, prediction_json
 from schemas.cards import FeatureSpec, ModelCard, TargetSpec
 
 FEATURES = [FeatureSpec(name="x", dtype="float")]
+
+
+@pytest.fixture(autouse=True, params=["compiled gather", "numpy gather"])
+def gather(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every reply is written twice: with the compiled gather (app/native) and with numpy's,
+    as where no C compiler built it."""
+    if request.param == "numpy gather":
+        monkeypatch.setattr(native, "HOT_PATH", None)
+    elif native.HOT_PATH is None:
+        reason = f"{native.LIBRARY} is not built (no C compiler when `make` ran)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: .ci/run installs gcc")
+        pytest.skip(reason)
+    return str(request.param)
 
 
 def fitted_model(

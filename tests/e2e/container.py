@@ -139,7 +139,7 @@ class Podman:
         with self.timed("debootstrap"):
             run(
                 [
-                    "debootstrap", "--variant=minbase", "--include=python3,python3-venv",
+                    "debootstrap", "--variant=minbase", "--include=python3,python3-venv,gcc,libc6-dev",
                     "bookworm", str(rootfs),
                 ],
                 timeout=600,

@@ -99,6 +99,13 @@ def test_build_installed_only_the_host_wheels(podman: Podman) -> None:
     assert "Looking in indexes" not in podman.build_log  # PIP_NO_INDEX reached pip
 
 
+def test_the_image_serves_with_its_native_hot_path(serving: Container) -> None:
+    """The build stage compiled app/native into the installed package; the runtime stage has
+    no compiler and needs none."""
+    assert "modelport: built /opt/venv/lib/" in serving.podman.build_log
+    assert "native hot path: /opt/venv/lib/" in serving.podman.logs(serving.name)
+
+
 def test_ready_with_every_bundled_model(serving: Container) -> None:
     ready = httpx.get(f"{serving.url}/readyz", timeout=10)
     listed = httpx.get(f"{serving.url}/models", timeout=10)

@@ -4,10 +4,10 @@ The reply repeats one small object per row (`{"label": ..., "probabilities": {..
 those objects as Python dicts for orjson costs about a third of a 100-tree forest's own time on
 10,000 rows (~8 ms of dicts, and the garbage collector walking them, beside ~22 ms of
 `predict_proba`). For large outputs each column is instead serialised once by orjson, and the
-rows are laid out from the columns' fragments and the constant text between them by one
-vectorised gather: no Python object per row. Small outputs (the common single-row request)
-take the dicts, which cost less than the numpy calls' fixed overhead. Both give byte for byte
-what `orjson.dumps(prediction_document(...))` gives (tested).
+rows are laid out from the columns' fragments and the constant text between them by one gather
+(compiled, app/native, or numpy's): no Python object per row. Small outputs (the common
+single-row request) take the dicts, which cost less than the numpy calls' fixed overhead. Both
+give byte for byte what `orjson.dumps(prediction_document(...))` gives (tested).
 """
 
 from __future__ import annotations

@@ -74,10 +74,10 @@ def read_csv(
 
 def _read_numeric_table(stream: BinaryIO, inputs: InputSchema, limit: int) -> CsvTable | None:
     """The fast paths for an all-numeric model's CSV when no cells need echoing, straight to a
-    float64 matrix and the vectorised check: when every feature is a float the compiled reader
-    or simdjson, else pandas' C parser. None on any doubt (a header, cell, row or encoding they do not plainly
-    accept): the exact reader then accepts the file or names every problem, so every path
-    accepts the same files with the same values (tested)."""
+    float64 matrix and the vectorised check: the compiled reader or simdjson when every feature
+    is a float, else pandas' C parser. None on any doubt (a header, cell, row or encoding they
+    do not plainly accept): the exact reader then accepts the file or names every problem, so
+    every path accepts the same files with the same values (tested)."""
     data = stream.read()
     read = _read_float_table(data, inputs) or _read_with_pandas(data, inputs)
     if read is None:

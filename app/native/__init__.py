@@ -46,7 +46,10 @@ class HotPath:
         rest)."""
         if not 0 <= start <= len(data) or width < 1:
             return None
-        capacity = self._count_lines(data, start, len(data))
+        # A row takes at least 2 * width bytes ("0,0\n"; the last one may lack its "\n"), so a
+        # file of blank lines cannot make this allocate more than ~4 bytes per byte uploaded.
+        length = len(data) - start
+        capacity = min(self._count_lines(data, start, len(data)), (length + 1) // (2 * width))
         matrix = np.empty((capacity, width), dtype=np.float64)
         rows = self._read_float_rows(data, start, len(data), width, matrix.ctypes.data, capacity)
         return None if rows < 0 else matrix[:rows]

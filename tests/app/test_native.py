@@ -160,6 +160,19 @@ def test_random_bytes_never_crash_it(reader: HotPath) -> None:
             assert bits(matrix.ravel().tolist()) == bits([float(cell) for cell in cells])
 
 
+@pytest.mark.parametrize("width", [1, 2, 5])
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_the_shortest_rows_still_fit(reader: HotPath, width: int, ending: str) -> None:
+    """Room is made for at most one row per 2 * width bytes (a file of blank lines must not
+    reserve a row per line): the shortest rows there are still fit, with or without an ending
+    after the last one."""
+    row = ",".join(["0"] * width)
+    for last in ("", ending):
+        text = (ending.join([row] * 7) + last).encode()
+        matrix = reader.read_float_rows(text, 0, width)
+        assert matrix is not None and matrix.shape == (7, width)
+
+
 def test_start_and_width_are_checked(reader: HotPath) -> None:
     assert reader.read_float_rows(b"1,2\n", 5, 2) is None
     assert reader.read_float_rows(b"1,2\n", -1, 2) is None

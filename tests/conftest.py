@@ -1,5 +1,6 @@
 """Shared fixtures: tiny real models fitted in-process and written into a temporary store."""
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +18,24 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from app import native
 from app.config import Settings
 from app.main import create_app
 from app.registry import sha256_of
 from schemas.cards import FeatureSpec, ModelCard, TargetSpec, TrafficSplit
 
 FLOWER_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def require_hot_path() -> native.HotPath:
+    """The compiled hot path (app/native). Where `make` found no C compiler it was not built:
+    the test skips, except under CI=true, where it fails (.ci/run installs gcc)."""
+    if native.HOT_PATH is None:
+        reason = f"{native.LIBRARY} is not built (no C compiler when `make` ran)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: .ci/run installs gcc")
+        pytest.skip(reason)
+    return native.HOT_PATH
 
 
 def write_model(

@@ -5,7 +5,6 @@ nulls, nesting, ragged rows, odd JSON)."""
 
 import io
 import json
-import os
 import random
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from app.errors import ServiceError
 from app.inference import FLOAT32_MAX, InputSchema, Rows
 from app.tabular import read_csv
 from schemas.cards import FeatureSpec, ModelCard
+from tests.conftest import require_hot_path
 
 FEATURES = [
     FeatureSpec(name="free", dtype="float"),
@@ -209,11 +209,8 @@ def float_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     with simdjson alone, as where no C compiler built it."""
     if request.param == "simdjson":
         monkeypatch.setattr(native, "HOT_PATH", None)
-    elif native.HOT_PATH is None:
-        reason = f"{native.LIBRARY} is not built (no C compiler when `make` ran)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}: .ci/run installs gcc")
-        pytest.skip(reason)
+    else:
+        require_hot_path()
     return str(request.param)
 
 

@@ -14,16 +14,12 @@ import pytest
 
 from app import native
 from app.native import HotPath, load_hot_path
+from tests.conftest import require_hot_path
 
 
 @pytest.fixture(scope="module")
 def reader() -> HotPath:
-    if native.HOT_PATH is None:
-        reason = f"{native.LIBRARY} is not built (no C compiler when `make` ran)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}: .ci/run installs gcc")
-        pytest.skip(reason)
-    return native.HOT_PATH
+    return require_hot_path()
 
 
 def bits(values: list[float]) -> list[int]:

@@ -2,7 +2,6 @@
 ones, gives byte for byte what serialising the reply document with orjson gives, for every
 kind of label and value."""
 
-import os
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from app.inference import (
 )
 from app.replies import COLUMNWISE_ROWS, columnwise_json, prediction_json
 from schemas.cards import FeatureSpec, ModelCard, TargetSpec
+from tests.conftest import require_hot_path
 
 FEATURES = [FeatureSpec(name="x", dtype="float")]
 
@@ -33,11 +33,8 @@ def gather(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     as where no C compiler built it."""
     if request.param == "numpy gather":
         monkeypatch.setattr(native, "HOT_PATH", None)
-    elif native.HOT_PATH is None:
-        reason = f"{native.LIBRARY} is not built (no C compiler when `make` ran)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}: .ci/run installs gcc")
-        pytest.skip(reason)
+    else:
+        require_hot_path()
     return str(request.param)
 
 

@@ -8,12 +8,12 @@ import signal
 import sys
 from pathlib import Path
 
-from app.allocator import malloc_environment
 from app.config import get_settings, pid_file_of
+from app.server.allocator import malloc_environment
 
 
 def _train(args: argparse.Namespace) -> int:
-    from app.training import train_examples
+    from app.training.examples import train_examples
 
     model_dir = args.model_dir or get_settings().model_dir
     try:
@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from app.training import import_estimator
+    from app.training.importer import import_estimator
 
     model_dir = args.model_dir or get_settings().model_dir
     try:
@@ -44,7 +44,14 @@ def _import(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     # exec, so gunicorn's master takes this PID and receives SIGTERM/SIGHUP directly.
-    argv = [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf", "app.main:app"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:app.server.gunicorn_conf",
+        "app.main:app",
+    ]
     environment = {**os.environ, **malloc_environment(get_settings().malloc_keep_mib, os.environ)}
     os.execve(sys.executable, argv, environment)
 

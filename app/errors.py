@@ -1,4 +1,4 @@
-"""The service's errors. The core raises these (never `HTTPException`); `app.error_handlers`
+"""The service's errors. The core raises these (never `HTTPException`); `app.http.errors`
 turns them into the one envelope `{"error": "<Kind>", "detail": ...}`.
 
 Kept free of FastAPI so the inference core and the CLI can use it.

@@ -8,14 +8,18 @@ from typing import TypedDict
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app.batching import BatchPolicy
 from app.config import Settings, get_settings
-from app.dependencies import ApiKeyGuard
-from app.docs import install_docs, install_openapi
-from app.error_handlers import EnvelopeCORSMiddleware, add_exception_handlers
-from app.limits import BodyLimitMiddleware
-from app.observability import ACCESS_LOG, ObservabilityMiddleware
-from app.registry import ModelRegistry
+from app.http import paths
+from app.http.dependencies import ApiKeyGuard
+from app.http.docs_pages import install_docs
+from app.http.errors import add_exception_handlers, envelope_before_routing
+from app.http.middleware.body_limit import BodyLimitMiddleware
+from app.http.middleware.cors import EnvelopeCORSMiddleware
+from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
+from app.http.openapi import install_openapi
+from app.serving.batching import BatchPolicy, batching_hook
+from app.serving.dataplane import DataPlane
+from app.serving.registry import ModelRegistry
 from routers import files, forms, health, models, predict, v2
 
 logger = logging.getLogger("modelport")
@@ -23,6 +27,7 @@ logger = logging.getLogger("modelport")
 
 class State(TypedDict):
     registry: ModelRegistry
+    dataplane: DataPlane
 
 
 def _configure_logging(level: str) -> None:
@@ -39,7 +44,7 @@ def _configure_logging(level: str) -> None:
 def _body_limits(settings: Settings) -> Callable[[str], int]:
     def limit_for(path: str) -> int:
         # Multipart uploads (files, forms) get their own, larger limit.
-        if path.endswith(("/predict/file", "/predict/form")):
+        if path.endswith(paths.UPLOAD_SUFFIXES):
             return settings.max_upload_bytes
         return settings.max_body_bytes
 
@@ -58,21 +63,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.model_dir,
         max_rows=settings.max_rows,
         trusted_types=settings.skops_trusted_types,
-        batch_policy=BatchPolicy(
-            max_rows=settings.batch_max_rows,
-            max_wait=settings.batch_max_wait_ms / 1000,
-            enabled=settings.batching,
-        ),
+        # Batching is attached to each version as it loads (MLServer's load-hook pattern).
+        on_load=[
+            batching_hook(
+                BatchPolicy(
+                    max_rows=settings.batch_max_rows,
+                    max_wait=settings.batch_max_wait_ms / 1000,
+                    enabled=settings.batching,
+                )
+            )
+        ],
     )
+    dataplane = DataPlane(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         # Every model is loaded before the first request; a broken one is reported, not fatal.
         # Under `modelport serve` the gunicorn master has loaded the store before forking this
-        # worker (app.gunicorn_conf), so the models' memory is shared: keep that copy.
+        # worker (app.server.gunicorn_conf), so the models' memory is shared: keep that copy.
         if not registry.loaded:
             registry.load()
-        yield {"registry": registry}
+        yield {"registry": registry, "dataplane": dataplane}
         registry.clear()
         ACCESS_LOG.flush()
 
@@ -83,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from local assets by install_docs
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_enabled else None,
+        openapi_url=paths.OPENAPI if settings.docs_enabled else None,
         generate_unique_id_function=_operation_id,
         # FastAPI's native OpenTelemetry: no OpenTelemetry SDK ships with modelport, so all it
         # could do is ask, on every request, whether a provider was configured (~3% of a
@@ -92,8 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.dataplane = dataplane
     add_exception_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=_body_limits(settings),
+        envelope_for=envelope_before_routing(app),
+    )
     if settings.cors_origins:  # outside the body limit: even a 413 carries CORS headers
         app.add_middleware(
             EnvelopeCORSMiddleware,

@@ -1,6 +1,6 @@
 """Prometheus metrics, right whichever gunicorn worker answers.
 
-Under gunicorn, `app.gunicorn_conf` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before
+Under gunicorn, `app.server.gunicorn_conf` points PROMETHEUS_MULTIPROC_DIR at a fresh directory before
 any worker starts: each worker writes its samples there and `/metrics` aggregates them all.
 Without it (tests, `modelport dev`) the process's own registry is used.
 """

@@ -2,19 +2,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Header, Response, UploadFile
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
-from app.batching import REPLY_BYTES_PER_ROW, offload
-from app.dependencies import ApiKeyGuard, ModelDep, SettingsDep
-from app.inference import LoadedModel, ModelOutput, prediction_response
-from app.replies import prediction_json
-from app.tabular import CsvTable, csv_reply_lines
-from app.uploads import read_upload
+from app.codecs.uploads import upload_csv_reply, upload_json_reply, upload_request
+from app.http import paths
+from app.http.dependencies import ApiKeyGuard, DataPlaneDep, ModelDep, SettingsDep
+from app.serving.offload import BLOCKING
 from schemas.errors import error_responses
 from schemas.files import FilePredictionResponse
 
 router = APIRouter(
-    prefix="/models",
     tags=["predict"],
     dependencies=[ApiKeyGuard],
     responses=error_responses(
@@ -39,14 +35,8 @@ UploadedFile = Annotated[
 ]
 
 
-def _json_reply(
-    model: LoadedModel, output: ModelOutput, filename: str | None, table: CsvTable
-) -> bytes:
-    return prediction_json(model, output, {"filename": filename, "rows": len(table.rows)})
-
-
 @router.post(
-    "/{model_name}/predict/file",
+    paths.PREDICT_FILE,
     response_model=FilePredictionResponse,
     responses={
         200: {
@@ -59,27 +49,22 @@ async def predict_file(
     model: ModelDep,
     file: UploadedFile,
     settings: SettingsDep,
+    dataplane: DataPlaneDep,
     response: Response,
     accept: Annotated[str, Header(include_in_schema=False)] = "application/json",
 ) -> Response:
     """Predict every row of an uploaded CSV, or the digit in an uploaded image."""
     csv_reply = "text/csv" in accept.lower()
-    table = await run_in_threadpool(
-        read_upload,
-        model,
-        file.file,
-        max_image_pixels=settings.max_image_pixels,
-        keep_cells=csv_reply,
+    decode = upload_request(
+        file.file, max_image_pixels=settings.max_image_pixels, csv_reply=csv_reply
     )
-    output = await model.batcher.predict(table.rows)
+    reply: Response
     if csv_reply:
-        prediction = prediction_response(model, output)
-        classes = model.card.target.classes
-        lines = csv_reply_lines(table, prediction, [str(c) for c in classes] if classes else None)
-        reply: Response = StreamingResponse(lines, media_type="text/csv")
+        lines = await dataplane.infer(model, decode, upload_csv_reply, work=BLOCKING)
+        reply = StreamingResponse(lines, media_type="text/csv")
     else:
-        content = await offload(
-            _json_reply, model, output, file.filename, table, work=len(output) * REPLY_BYTES_PER_ROW
+        content = await dataplane.infer(
+            model, decode, upload_json_reply(file.filename), work=BLOCKING
         )
         reply = Response(content, media_type="application/json")
     # Routing headers (X-Model-Version, the canary cookie) live on the injected response, which

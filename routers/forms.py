@@ -1,15 +1,15 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from app.dependencies import ApiKeyGuard, ModelDep
+from app.codecs.forms import OPTION_FIELDS, form_reply, form_request
 from app.errors import UnsupportedMediaType
-from app.form_page import render_form_page
-from app.forms import OPTION_FIELDS, form_reply, read_form
-from app.inference import prediction_response
+from app.http import paths
+from app.http.dependencies import ApiKeyGuard, DataPlaneDep, ModelDep
+from app.http.form_page import render_form_page
 from schemas.errors import error_responses
 from schemas.forms import FormPredictionResponse
 
-router = APIRouter(prefix="/models", tags=["predict"])
+router = APIRouter(tags=["predict"])
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Each model's own form fields are generated from its card and shown under the model's tag;
@@ -26,7 +26,7 @@ _REQUEST_BODY = {
 
 
 @router.post(
-    "/{model_name}/predict/form",
+    paths.PREDICT_FORM,
     openapi_extra=_REQUEST_BODY,
     dependencies=[ApiKeyGuard],
     responses=error_responses(
@@ -42,7 +42,9 @@ _REQUEST_BODY = {
         }
     ),
 )
-async def predict_form(model: ModelDep, request: Request) -> FormPredictionResponse:
+async def predict_form(
+    model: ModelDep, dataplane: DataPlaneDep, request: Request
+) -> FormPredictionResponse:
     """Predict one row sent as form fields: one per feature, plus `top_k` and `threshold`."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type not in _FORM_TYPES:
@@ -52,14 +54,12 @@ async def predict_form(model: ModelDep, request: Request) -> FormPredictionRespo
     limit = len(model.inputs.feature_names) + len(OPTION_FIELDS) + 1
     async with request.form(max_files=0, max_fields=limit, max_part_size=64 * 1024) as form:
         fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
-    rows, options = read_form(model, fields)  # one row: cheaper here than in a thread
-    output = await model.batcher.predict(rows)
-    prediction = prediction_response(model, output)
-    return form_reply(model, prediction, options)
+    # One row: decoded and encoded on the event loop, cheaper than a thread hop.
+    return await dataplane.infer(model, form_request(fields), form_reply, work=0)
 
 
 @router.get(
-    "/{model_name}/form",
+    paths.FORM_PAGE,
     response_class=HTMLResponse,
     response_model=None,
     responses=error_responses(

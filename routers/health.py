@@ -1,7 +1,8 @@
 from fastapi import APIRouter, Response
 
-from app.dependencies import RegistryDep
 from app.errors import NotReady
+from app.http import paths
+from app.http.dependencies import RegistryDep
 from app.metrics import render
 from schemas.errors import ErrorResponse
 from schemas.health import HealthStatus, ReadinessStatus
@@ -9,14 +10,14 @@ from schemas.health import HealthStatus, ReadinessStatus
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get(paths.HEALTH)
 async def liveness() -> HealthStatus:
     """Liveness: the process answers. Does no model work."""
     return HealthStatus()
 
 
 @router.get(
-    "/readyz",
+    paths.READY,
     responses={
         503: {
             "model": ErrorResponse,
@@ -48,7 +49,9 @@ async def readiness(registry: RegistryDep) -> ReadinessStatus:
     raise NotReady(body.model_dump())
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    paths.METRICS, response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+)
 async def metrics() -> Response:
     """Prometheus metrics, aggregated across every gunicorn worker."""
     body, content_type = render()

@@ -2,19 +2,19 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from app.dependencies import ModelName, ModelVersion, RegistryDep
+from app.http import paths
+from app.http.dependencies import ModelName, ModelVersion, RegistryDep
 from schemas.cards import ModelCard
 from schemas.errors import error_responses
 from schemas.models import ModelInfo, ModelList, ModelSummary
 
 router = APIRouter(
-    prefix="/models",
     tags=["models"],
     responses=error_responses({422: "Invalid parameters."}),
 )
 
 
-@router.get("")
+@router.get(paths.MODELS)
 async def list_models(
     registry: RegistryDep,
     search: Annotated[
@@ -48,7 +48,7 @@ async def list_models(
 
 
 @router.get(
-    "/{model_name}",
+    paths.MODEL,
     responses=error_responses({404: "Unknown model.", 503: "No loadable version."}),
 )
 async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
@@ -66,7 +66,7 @@ async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
 
 
 @router.get(
-    "/{model_name}/versions/{version}",
+    paths.MODEL_VERSION,
     responses=error_responses(
         {404: "Unknown model or version.", 503: "That version could not be loaded."}
     ),

@@ -3,19 +3,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response, params
 
-from app.batching import REPLY_BYTES_PER_ROW, offload
-from app.dependencies import (
+from app.codecs.json_rows import json_reply, json_request
+from app.http import paths
+from app.http.dependencies import (
     ModelName,
     ModelVersion,
     SessionCookie,
+    dataplane_of,
     read_json_body,
-    registry_of,
-    route_model,
     routed_reply,
     settings_of,
 )
-from app.replies import prediction_json
-from app.routing import DirectRoute
+from app.http.direct_route import DirectRoute
 from schemas.errors import error_responses
 from schemas.predict import PredictionRequest, PredictionResponse
 
@@ -48,8 +47,8 @@ def add_routes(app: FastAPI, *, guard: Sequence[params.Depends]) -> None:
     `DirectRoute`s (no per-request dependency solving). `guard` is the API-key guard when a key
     is configured: a route with a dependency takes FastAPI's standard handler."""
     for path, endpoint in (
-        ("/models/{model_name}/predict", predict_default),
-        ("/models/{model_name}/versions/{version}/predict", predict_version),
+        (paths.PREDICT, predict_default),
+        (paths.VERSION_PREDICT, predict_version),
     ):
         app.router.add_api_route(
             path,
@@ -67,15 +66,12 @@ def add_routes(app: FastAPI, *, guard: Sequence[params.Depends]) -> None:
 async def _predict(
     request: Request, model_name: str, version: int | None, session: str | None
 ) -> Response:
-    # The same routing and body checks as every other surface, called directly. Parsing and
-    # formatting run on the event loop for small requests (cheaper than a thread hop), in a
-    # thread for large ones; the estimator call is batched with concurrent requests.
-    routed = route_model(registry_of(request), model_name, version, session)
+    # The same routing and body checks as every other surface, called directly (no dependency
+    # solving on the hot path), then the data plane: decode, batch, predict, check, encode.
+    dataplane = dataplane_of(request)
+    routed = dataplane.resolve(model_name, version, session)
     body = await read_json_body(request)
-    model = routed.model
-    rows = await offload(model.inputs.validate_json, body, work=len(body))
-    output = await model.batcher.predict(rows)
-    content = await offload(prediction_json, model, output, work=len(output) * REPLY_BYTES_PER_ROW)
+    content = await dataplane.infer(routed.model, json_request(body), json_reply, work=len(body))
     return routed_reply(content, routed, settings_of(request))
 
 

@@ -1,23 +1,27 @@
 """The Open Inference Protocol (KServe V2, Triton, MLServer) over REST.
 
-Every route has a `/versions/{version}` twin. Errors under /v2 are `{"error": "<message>"}`
-(see app.error_handlers). Unpinned requests go to the model's default version: OIP clients
-carry no session cookie, so the canary split does not apply here.
+Every route has a `/versions/{version}` twin. Its routes carry the protocol's error envelope,
+`{"error": "<message>"}` (app.http.v2_errors), and an unknown path under /v2 gets it too.
+Unpinned requests go to the model's default version: OIP clients carry no session cookie, so
+the canary split does not apply here.
 """
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.batching import REPLY_BYTES_PER_ROW, offload
-from app.dependencies import ApiKeyGuard, ModelName, ModelVersion, RegistryDep
+from app.codecs.v2.infer import infer_reply, infer_request
+from app.codecs.v2.metadata import model_metadata
+from app.codecs.v2.protocol import HEADER_LENGTH
 from app.errors import ModelUnavailable
-from app.inference import LoadedModel, Rows
-from app.registry import ModelRegistry
-from app.v2 import HEADER_LENGTH, model_metadata, parse_request, request_rows, response_body
+from app.http import paths
+from app.http.dependencies import ApiKeyGuard, DataPlaneDep, ModelName, ModelVersion
+from app.http.v2_errors import OipFallbackRoute, OipRoute
+from app.serving.dataplane import DataPlane
+from app.serving.model import LoadedModel
 from schemas.v2 import (
-    InferenceRequest,
     InferenceResponse,
     LiveStatus,
     ModelMetadata,
@@ -28,7 +32,7 @@ from schemas.v2 import (
 )
 
 router = APIRouter(
-    prefix="/v2",
+    route_class=OipRoute,
     tags=["v2"],
     responses={
         # "4XX" also stops FastAPI documenting its own 422 body, which /v2 never sends.
@@ -50,7 +54,7 @@ router = APIRouter(
 SERVER_VERSION = "0.1.0"
 
 
-@router.get("")
+@router.get(paths.V2)
 async def server_metadata() -> ServerMetadata:
     """Server name, version and the protocol extensions it supports."""
     return ServerMetadata(
@@ -58,61 +62,58 @@ async def server_metadata() -> ServerMetadata:
     )
 
 
-@router.get("/health/live")
+@router.get(paths.V2_LIVE)
 async def server_live() -> LiveStatus:
     """Liveness: `{"live": true}` (KServe's client reads the body; Triton's reads the status)."""
     return LiveStatus(live=True)
 
 
-@router.get("/health/ready", responses={503: {"model": ReadyStatus}})
-async def server_ready(registry: RegistryDep) -> Any:
+@router.get(paths.V2_READY, responses={503: {"model": ReadyStatus}})
+async def server_ready(dataplane: DataPlaneDep) -> Any:
     """Readiness: 200 `{"ready": true}` when every model loaded, else 503 `{"ready": false}`."""
-    ready = registry.ready
+    ready = dataplane.ready
     return JSONResponse(ReadyStatus(ready=ready).model_dump(), status_code=200 if ready else 503)
 
 
-def _metadata(registry: ModelRegistry, name: str, version: int | None) -> ModelMetadata:
-    model = registry.get(name, version)
-    return model_metadata(model, sorted(registry.entry(name).versions))
+def _metadata(dataplane: DataPlane, name: str, version: int | None) -> ModelMetadata:
+    return model_metadata(dataplane.model(name, version), dataplane.versions(name))
 
 
-@router.get("/models/{model_name}")
-async def model_metadata_default(model_name: ModelName, registry: RegistryDep) -> ModelMetadata:
+@router.get(paths.V2_MODEL)
+async def model_metadata_default(model_name: ModelName, dataplane: DataPlaneDep) -> ModelMetadata:
     """Model metadata: inputs and outputs with datatypes and shapes from the card."""
-    return _metadata(registry, model_name, None)
+    return _metadata(dataplane, model_name, None)
 
 
-@router.get("/models/{model_name}/versions/{version}")
+@router.get(paths.V2_MODEL_VERSION)
 async def model_metadata_version(
-    model_name: ModelName, version: ModelVersion, registry: RegistryDep
+    model_name: ModelName, version: ModelVersion, dataplane: DataPlaneDep
 ) -> ModelMetadata:
     """Metadata of one version."""
-    return _metadata(registry, model_name, version)
+    return _metadata(dataplane, model_name, version)
 
 
-def _ready(registry: ModelRegistry, name: str, version: int | None) -> Any:
+def _ready(dataplane: DataPlane, name: str, version: int | None) -> Any:
     try:
-        model = registry.get(name, version)
+        model = dataplane.model(name, version)
     except ModelUnavailable:
         return JSONResponse(ModelReadyStatus(name=name, ready=False).model_dump(), status_code=503)
     return ModelReadyStatus(name=model.name, ready=True)
 
 
-@router.get("/models/{model_name}/ready", responses={503: {"model": ModelReadyStatus}})
-async def model_ready_default(model_name: ModelName, registry: RegistryDep) -> ModelReadyStatus:
+@router.get(paths.V2_MODEL_READY, responses={503: {"model": ModelReadyStatus}})
+async def model_ready_default(model_name: ModelName, dataplane: DataPlaneDep) -> ModelReadyStatus:
     """Model readiness: 200 `{"name", "ready": true}`; 503 when it could not be loaded."""
-    result: ModelReadyStatus = _ready(registry, model_name, None)
+    result: ModelReadyStatus = _ready(dataplane, model_name, None)
     return result
 
 
-@router.get(
-    "/models/{model_name}/versions/{version}/ready", responses={503: {"model": ModelReadyStatus}}
-)
+@router.get(paths.V2_MODEL_VERSION_READY, responses={503: {"model": ModelReadyStatus}})
 async def model_ready_version(
-    model_name: ModelName, version: ModelVersion, registry: RegistryDep
+    model_name: ModelName, version: ModelVersion, dataplane: DataPlaneDep
 ) -> ModelReadyStatus:
     """Readiness of one version."""
-    result: ModelReadyStatus = _ready(registry, model_name, version)
+    result: ModelReadyStatus = _ready(dataplane, model_name, version)
     return result
 
 
@@ -143,29 +144,18 @@ HeaderLength = Annotated[
 ]
 
 
-def _decode(
-    model: LoadedModel, body: bytes, header_length: str | None
-) -> tuple[InferenceRequest, Rows]:
-    request, tail = parse_request(body, header_length)
-    return request, request_rows(model, request, tail)
-
-
-async def _infer_response(
-    model: LoadedModel, request: Request, header_length: str | None
+async def _infer(
+    dataplane: DataPlane, model: LoadedModel, request: Request, header_length: str | None
 ) -> Response:
     body = await request.body()
-    # Decoding and encoding on the event loop for small requests, in a thread for large ones;
-    # the estimator call is batched with concurrent requests from every surface.
-    inference, rows = await offload(_decode, model, body, header_length, work=len(body))
-    output = await model.batcher.predict(rows)
-    content, headers = await offload(
-        response_body, model, inference, output, work=len(output) * REPLY_BYTES_PER_ROW
+    content, headers = await dataplane.infer(
+        model, infer_request(body, header_length), infer_reply, work=len(body)
     )
     return Response(content=content, headers={**headers, "X-Model-Version": str(model.version)})
 
 
 @router.post(
-    "/models/{model_name}/infer",
+    paths.INFER,
     openapi_extra=_INFER_BODY,
     dependencies=[ApiKeyGuard],
     responses=_INFER_RESPONSES,
@@ -173,16 +163,16 @@ async def _infer_response(
 )
 async def infer_default(
     model_name: ModelName,
-    registry: RegistryDep,
+    dataplane: DataPlaneDep,
     request: Request,
     header_length: HeaderLength = None,
 ) -> Response:
     """Inference on the default version: JSON or binary tensors in, `predict`/`predict_proba` out."""
-    return await _infer_response(registry.get(model_name, None), request, header_length)
+    return await _infer(dataplane, dataplane.model(model_name), request, header_length)
 
 
 @router.post(
-    "/models/{model_name}/versions/{version}/infer",
+    paths.VERSION_INFER,
     openapi_extra=_INFER_BODY,
     dependencies=[ApiKeyGuard],
     responses=_INFER_RESPONSES,
@@ -191,9 +181,23 @@ async def infer_default(
 async def infer_version(
     model_name: ModelName,
     version: ModelVersion,
-    registry: RegistryDep,
+    dataplane: DataPlaneDep,
     request: Request,
     header_length: HeaderLength = None,
 ) -> Response:
     """Inference on a pinned version."""
-    return await _infer_response(registry.get(model_name, version), request, header_length)
+    return await _infer(dataplane, dataplane.model(model_name, version), request, header_length)
+
+
+async def unknown_path() -> None:
+    """Any other path under /v2: a 404 in the protocol's envelope."""
+    raise StarletteHTTPException(404, "Not Found")
+
+
+router.add_api_route(
+    paths.V2 + "/{path:path}",
+    unknown_path,
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    include_in_schema=False,
+    route_class_override=OipFallbackRoute,
+)

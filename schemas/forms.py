@@ -1,6 +1,7 @@
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.cards import ClassLabel
+from schemas.predict import ClassPrediction, ValuePrediction
 
 
 class FormOptions(BaseModel):
@@ -28,12 +29,23 @@ class RankedLabel(BaseModel):
     probability: float
 
 
+class FormClassPrediction(ClassPrediction):
+    top: list[RankedLabel] | None = Field(
+        default=None,
+        description="The top_k likeliest labels, best first (when the model has predict_proba).",
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="The threshold applied, if any: `label` is then the class it selects.",
+    )
+
+
 class FormPredictionResponse(BaseModel):
+    """The prediction envelope of every surface, with the form's one row: classifiers' items
+    carry the form's extras (`top`, `threshold`) beside `label` and `probabilities`."""
+
     model_name: str
     model_version: int
-    label: ClassLabel | None = Field(default=None, description="Classifiers: the predicted label.")
-    value: float | None = Field(default=None, description="Regressors: the predicted value.")
-    top: list[RankedLabel] | None = Field(
-        default=None, description="Classifiers: the top_k likeliest labels, best first."
+    predictions: list[FormClassPrediction] | list[ValuePrediction] = Field(
+        min_length=1, max_length=1
     )
-    threshold: float | None = Field(default=None, description="The threshold applied, if any.")

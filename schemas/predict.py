@@ -2,7 +2,7 @@
 
 `PredictionRequest` is the generic shape shown for the templated routes; each model's exact
 request schema (its feature names, types and bounds) is built from its card at load time by
-`app.inference.InputSchema`, and shown in `/docs` under the model's own operation.
+`app.serving.schema.InputSchema`, and shown in `/docs` under the model's own operation.
 """
 
 from typing import Annotated

@@ -21,7 +21,7 @@ from sklearn.preprocessing import OneHotEncoder
 from app import native
 from app.config import Settings
 from app.main import create_app
-from app.registry import sha256_of
+from app.store.artifacts import sha256_of
 from schemas.cards import FeatureSpec, ModelCard, TargetSpec, TrafficSplit
 
 FLOWER_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]

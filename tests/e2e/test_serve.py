@@ -52,7 +52,7 @@ def test_serves_every_bundled_model_when_ready(server: Server) -> None:
 def test_runs_two_uvicorn_workers_under_gunicorn(server: Server) -> None:
     assert len(server.worker_pids()) == 2
     log = server.log.read_text()
-    assert "app.worker.ModelportWorker" in log  # uvicorn-worker's, with request-head limits
+    assert "app.server.worker.ModelportWorker" in log  # uvicorn-worker's, with request-head limits
 
 
 def test_workers_keep_freed_memory_and_small_uploads_in_memory(server: Server) -> None:

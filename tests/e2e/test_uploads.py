@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from app.registry import ModelRegistry
+from app.serving.registry import ModelRegistry
 from schemas.cards import ModelCard
 from tests.e2e.conftest import Server, address, read_reply
 from tests.routers.test_canary import COOKIE, session_routed_to
@@ -147,8 +147,9 @@ def test_iris_form_post_equals_in_process_predict(server: Server) -> None:
     assert reply.status_code == 200, reply.text
     assert reply.request.headers["content-type"] == "application/x-www-form-urlencoded"
     version = int(reply.headers["x-model-version"])
-    body = reply.json()
-    assert (body["model_name"], body["model_version"]) == ("iris", version)
+    envelope = reply.json()
+    assert (envelope["model_name"], envelope["model_version"]) == ("iris", version)
+    (body,) = envelope["predictions"]
     estimator = estimator_of(server.store, "iris", version)
     features = np.array([[float(value) for value in fields.values()]])
     proba = estimator.predict_proba(features)[0]

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from app.registry import ModelEntry, ModelRegistry
+from app.serving.registry import ModelEntry, ModelRegistry
 from schemas.cards import TrafficSplit
 from tests.conftest import FLOWER_FEATURES, build_store, flower_rows
 from tests.routers.test_predict import assert_class_predictions, oracle
@@ -245,9 +245,9 @@ def test_a_v2_cookie_gets_v2_everywhere(
     assert_class_predictions(as_json.json()["predictions"], v2, np.array(rows))
     assert_class_predictions(as_file.json()["predictions"], v2, np.array(rows))
     expected = v2.predict_proba(np.array(rows[:1]))[0]
-    assert {item["label"]: item["probability"] for item in as_form.json()["top"]} == (
-        pytest.approx(dict(zip(v2.classes_.tolist(), expected.tolist(), strict=True)), abs=1e-12)
-    )
+    assert {
+        item["label"]: item["probability"] for item in as_form.json()["predictions"][0]["top"]
+    } == (pytest.approx(dict(zip(v2.classes_.tolist(), expected.tolist(), strict=True)), abs=1e-12))
     assert page.status_code == 200
     assert "<title>flowers v2 " in page.text
 

@@ -9,8 +9,8 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression
 
 from app.config import Settings
-from app.inference import FLOAT32_MAX
 from app.main import create_app
+from app.serving.schema import FLOAT32_MAX
 from schemas.cards import FeatureSpec
 from tests.conftest import write_model
 

@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from app.config import Settings
 from app.main import create_app
-from app.training import train_examples
+from app.training.examples import train_examples
 from tests.conftest import FLOWER_FEATURES, build_store, flower_rows, pet_rows
 from tests.routers.test_predict import (
     PETS_FEATURES,

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from app.config import Settings
+from app.http.middleware.observability import ACCESS_LOG
 from app.main import create_app
-from app.observability import ACCESS_LOG
 from tests.conftest import build_store
 from tests.routers.test_predict import assert_envelope, strict_json
 from tests.routers.test_v2 import assert_v2_error, infer_body

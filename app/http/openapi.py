@@ -1,0 +1,373 @@
+"""The per-model OpenAPI document (the pages that show it: app.http.docs_pages).
+
+The OpenAPI document adds, for each served model, an operation on its concrete path
+(`/models/iris/predict`) whose request schema is generated from the model's card: its feature
+names, types, bounds and a valid example.
+"""
+
+import copy
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.codecs.v2.metadata import v2_datatypes, v2_example, v2_layout, v2_outputs
+from app.codecs.v2.protocol import HEADER_LENGTH, HEADER_LENGTH_DIGITS
+from app.http import paths
+from app.serving.model import LoadedModel
+from app.serving.registry import ModelRegistry
+from schemas.forms import FormOptions
+from schemas.v2 import InferenceRequest, RequestInput, RequestOutput
+
+PREDICT_PATH = paths.PREDICT
+VERSION_PREDICT_PATH = paths.VERSION_PREDICT
+FILE_PATH = paths.PREDICT_FILE
+FORM_PATH = paths.PREDICT_FORM
+INFER_PATH = paths.INFER
+VERSION_INFER_PATH = paths.VERSION_INFER
+# The templated prediction routes: served, but documented per model instead (build_openapi).
+TEMPLATED_PATHS = (
+    PREDICT_PATH,
+    VERSION_PREDICT_PATH,
+    FILE_PATH,
+    FORM_PATH,
+    INFER_PATH,
+    VERSION_INFER_PATH,
+)
+FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+TAGS = [
+    {"name": "health", "description": "Liveness and readiness probes."},
+    {"name": "models", "description": "The model catalogue: cards, versions, traffic splits."},
+    {
+        "name": "v2",
+        "description": "The Open Inference Protocol (KServe V2 / Triton / MLServer): unmodified tritonclient and KServe clients work here. Each model's typed `infer` operations are listed under its tag below.",
+    },
+    {
+        "name": "predict",
+        "description": "The HTML form page of any model. Prediction is typed per model: each model's operations (JSON rows, a pinned version, an uploaded file, form fields, the Open Inference Protocol) are listed under its own tag below.",
+    },
+]
+
+
+def install_openapi(app: FastAPI, registry: ModelRegistry) -> None:
+    """Replace `app.openapi` with a builder that adds each served model's typed operation.
+
+    The document is cached per registry generation, so a store reload refreshes the docs.
+    """
+    cache: dict[int, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        generation = registry.generation
+        if generation not in cache:
+            cache.clear()
+            cache[generation] = build_openapi(app, registry)
+        return cache[generation]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
+    """The OpenAPI document: the fixed routes, and each served model's typed operations.
+
+    The templated prediction routes (`/models/{model_name}/predict` and its file, form,
+    pinned-version and v2 `infer` siblings) answer for any model, but no single schema is true
+    of every model's rows; so they are replaced here by one operation per served model (and per
+    version where the path pins one), each with that model's own request schema. The templated
+    routes keep working; they are just not documented as such (README, "The API").
+    """
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+        tags=TAGS,
+    )
+    if app.state.settings.api_key is None:
+        _drop_api_key_scheme(document)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    paths = document["paths"]
+    templates = {
+        path: paths.pop(path)["post"]
+        for path in TEMPLATED_PATHS
+        if "post" in paths.get(path, {}) and len(paths[path]) == 1
+    }
+    for entry in sorted(registry.entries(), key=lambda e: e.name):
+        if entry.default_version is None:
+            continue
+        default = entry.versions[entry.default_version]
+        tag = f"model: {entry.name}"
+        document["tags"].append({"name": tag, "description": default.card.description})
+        typed = _TypedOperations(templates, tag, schemas)
+        concrete = {path: path.replace("{model_name}", entry.name) for path in templates}
+        operations: dict[str, dict[str, Any]] = {
+            PREDICT_PATH: typed.predict(default, pinned=False),
+            FILE_PATH: typed.file(default),
+            INFER_PATH: typed.infer(default, pinned=False),
+        }
+        if default.card.input_kind == "tabular":
+            operations[FORM_PATH] = typed.form(default)
+        for template, operation in operations.items():
+            if operation:
+                paths[concrete[template]] = {"post": operation}
+        for version, model in sorted(entry.versions.items()):
+            pinned = {
+                VERSION_PREDICT_PATH: typed.predict(model, pinned=True),
+                VERSION_INFER_PATH: typed.infer(model, pinned=True),
+            }
+            for template, operation in pinned.items():
+                if operation:
+                    path = concrete[template].replace("{version}", str(version))
+                    paths[path] = {"post": operation}
+    _drop_unused_body(templates.get(FILE_PATH), schemas)
+    return document
+
+
+def _drop_api_key_scheme(document: dict[str, Any]) -> None:
+    """With no API key configured the prediction routes are open: say so, rather than document
+    a header the server does not ask for."""
+    document.get("components", {}).pop("securitySchemes", None)
+    for item in document["paths"].values():
+        for operation in item.values():
+            operation.pop("security", None)
+
+
+def _drop_unused_body(template: dict[str, Any] | None, schemas: dict[str, Any]) -> None:
+    """FastAPI's generated body component for the templated file route (each typed file
+    operation has its own schema): with that route undocumented, nothing refers to it."""
+    if template is None:
+        return
+    for content in template.get("requestBody", {}).get("content", {}).values():
+        ref = content.get("schema", {}).get("$ref", "")
+        schemas.pop(ref.removeprefix("#/components/schemas/"), None)
+
+
+class _TypedOperations:
+    """Builds a model's typed operations from the templated routes' operations."""
+
+    def __init__(
+        self, templates: dict[str, dict[str, Any]], tag: str, schemas: dict[str, Any]
+    ) -> None:
+        self.templates = templates
+        self.tag = tag
+        self.schemas = schemas
+
+    def _from(self, template: str, operation_id: str, summary: str) -> dict[str, Any]:
+        """A copy of the template's operation without its model-name and version parameters
+        ({} when the route is not there to copy)."""
+        if template not in self.templates:
+            return {}
+        operation = copy.deepcopy(self.templates[template])
+        parameters = [
+            p
+            for p in operation.get("parameters", [])
+            if not (p.get("in") == "path" and p.get("name") in {"model_name", "version"})
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        else:
+            operation.pop("parameters", None)
+        operation["tags"] = [self.tag]
+        operation["operationId"] = operation_id
+        operation["summary"] = summary
+        return operation
+
+    def _versioned(
+        self, model: LoadedModel, *, pinned: bool, paths: tuple[str, str], verb: str
+    ) -> dict[str, Any]:
+        """The copy of the default route's operation (`paths[0]`) or the pinned-version route's
+        (`paths[1]`), named and summarised for `model`."""
+        default_path, pinned_path = paths
+        if pinned:
+            return self._from(
+                pinned_path,
+                f"model-{model.name}-v{model.version}-{verb}",
+                f"{verb.capitalize()} with {model.name} version {model.version} (pinned)",
+            )
+        return self._from(
+            default_path, f"model-{model.name}-{verb}", f"{verb.capitalize()} with {model.name}"
+        )
+
+    def predict(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """JSON rows: the default version's operation, or a pinned version's."""
+        operation = self._versioned(
+            model, pinned=pinned, paths=(PREDICT_PATH, VERSION_PREDICT_PATH), verb="predict"
+        )
+        if not operation:
+            return operation
+        operation["description"] = _describe(model, pinned=pinned)
+        request_schema = model.inputs.json_schema(ref_template="#/components/schemas/{model}")
+        self.schemas.update(request_schema.pop("$defs", {}))
+        request_name = f"{model.inputs.prefix}PredictionRequest"
+        self.schemas[request_name] = request_schema
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{request_name}"},
+                    "example": model.inputs.example,
+                }
+            },
+        }
+        if model.example_response is not None:
+            success = operation["responses"]["200"]["content"]["application/json"]
+            success["example"] = model.example_response
+        return operation
+
+    def file(self, model: LoadedModel) -> dict[str, Any]:
+        """An uploaded CSV (tabular models) or PNG/JPEG (image models)."""
+        operation = self._from(
+            FILE_PATH,
+            f"model-{model.name}-predict-file",
+            f"Predict with {model.name} from an uploaded file",
+        )
+        if not operation:
+            return operation
+        if model.card.input_kind == "image":
+            media = "image/png, image/jpeg"
+            what = "A PNG or JPEG image (any size; colour or greyscale)."
+        else:
+            media = "text/csv"
+            names = ", ".join(model.inputs.feature_names)
+            what = f"A UTF-8 CSV file whose header row names the features, in any order: {names}."
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {"type": "string", "format": "binary", "description": what}
+                        },
+                        "required": ["file"],
+                    },
+                    "encoding": {"file": {"contentType": media}},
+                }
+            },
+        }
+        return operation
+
+    def form(self, model: LoadedModel) -> dict[str, Any]:
+        """The model's form: one required field per feature, typed and bounded, pre-filled
+        with the card's example so "Try it out" works as is. Needs `predict` to have added the
+        model's schemas first."""
+        operation = self._from(
+            FORM_PATH,
+            f"model-{model.name}-predict-form",
+            f"Predict with {model.name} from form fields",
+        )
+        record = self.schemas.get(f"{model.inputs.prefix}Record")
+        if not operation or record is None:
+            return {}
+        example = model.inputs.example["instances"][0]
+        properties = {
+            name: {**spec, "example": example[name]} for name, spec in record["properties"].items()
+        }
+        options = FormOptions.model_json_schema()["properties"]
+        classes = model.card.target.classes or []
+        if model.card.task == "classification":
+            properties["top_k"] = {**options["top_k"], "maximum": len(classes)}
+        if len(classes) == 2:
+            # Optional, so not null: a form field is either sent or left out.
+            properties["threshold"] = {
+                key: value for key, value in options["threshold"].items() if key != "anyOf"
+            }
+            properties["threshold"].update({"type": "number", "minimum": 0, "maximum": 1})
+        schema = {
+            "type": "object",
+            "properties": properties,
+            "required": list(record["required"]),
+            "additionalProperties": False,
+        }
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": schema} for media in FORM_MEDIA_TYPES},
+        }
+        return operation
+
+    def infer(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """Open Inference Protocol inference, with what this model takes: its datatypes, at
+        most one input per feature, shapes of one or two dimensions, its outputs."""
+        operation = self._versioned(
+            model, pinned=pinned, paths=(INFER_PATH, VERSION_INFER_PATH), verb="infer"
+        )
+        if not operation:
+            return operation
+        for parameter in operation.get("parameters", []):
+            if parameter.get("in") == "header" and parameter.get("name") == HEADER_LENGTH:
+                # A byte count when sent (FastAPI's optional-header schema also allows null,
+                # which no header can carry).
+                parameter["schema"] = {
+                    "type": "string",
+                    "pattern": f"^{HEADER_LENGTH_DIGITS}$",
+                    "description": parameter.get("description", ""),
+                }
+        prefix = model.inputs.prefix
+        # The body is read raw (so no parameter declares it): the protocol's request shape,
+        # narrowed to this model.
+        request = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        protocol = request.pop("$defs")
+        tensor = protocol[RequestInput.__name__]
+        tensor["properties"]["datatype"]["enum"] = v2_datatypes(model.card)
+        # Concrete dimensions, each at least 1: [N], [N, 1] or [N, n_features].
+        tensor["properties"]["shape"].update(
+            {"items": {"type": "integer", "minimum": 1}, "maxItems": 2}
+        )
+        outputs = v2_outputs(model)
+        output = protocol[RequestOutput.__name__]
+        output["properties"]["name"] = {"type": "string", "enum": outputs}
+        properties = request["properties"]
+        properties["inputs"].update(
+            {
+                "items": {"$ref": f"#/components/schemas/{prefix}InferenceInput"},
+                "maxItems": len(model.card.features),
+            }
+        )
+        for variant in properties["outputs"]["anyOf"]:
+            if variant.get("type") == "array":
+                variant["items"] = {"$ref": f"#/components/schemas/{prefix}InferenceOutput"}
+                variant["maxItems"] = len(outputs)
+        for kind, schema in (
+            ("InferenceRequest", request),
+            ("InferenceInput", tensor),
+            ("InferenceOutput", output),
+        ):
+            schema["title"] = f"{prefix}{kind}"
+            self.schemas[f"{prefix}{kind}"] = schema
+        content = operation["requestBody"]["content"]
+        content["application/json"] = {
+            "schema": {"$ref": f"#/components/schemas/{prefix}InferenceRequest"},
+            "example": v2_example(model),
+        }
+        layout = f"{v2_layout(model.card)} Each input's data fills its shape exactly, flat (row-major) or nested."
+        operation["description"] = "\n\n".join(
+            part for part in (model.card.description, layout) if part
+        )
+        return operation
+
+
+def _describe(model: LoadedModel, *, pinned: bool) -> str:
+    card = model.card
+    which = "Version" if pinned else "Default version"
+    lines = [
+        f"{card.description}",
+        "",
+        f"{which}: **{card.version}** ({card.task}). Send rows as objects keyed by feature"
+        " name, or as arrays in this order:",
+        "",
+        "| feature | type | allowed | description |",
+        "|---|---|---|---|",
+    ]
+    for feature in card.features:
+        if feature.categories:
+            allowed = ", ".join(feature.categories)
+        else:
+            low = "" if feature.minimum is None else f"≥ {feature.minimum:g}"
+            high = "" if feature.maximum is None else f"≤ {feature.maximum:g}"
+            allowed = " ".join(part for part in (low, high) if part) or "any finite number"
+        lines.append(f"| `{feature.name}` | {feature.dtype} | {allowed} | {feature.description} |")
+    if card.metrics:
+        metrics = ", ".join(f"{key} {value:g}" for key, value in card.metrics.items())
+        lines += ["", f"Held-out metrics: {metrics}."]
+    return "\n".join(lines)

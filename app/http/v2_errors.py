@@ -1,0 +1,54 @@
+"""The Open Inference Protocol's error envelope, `{"error": "<message>"}`: all that tritonclient
+and KServe's client read. Carried by the v2 routes themselves (`OipRoute`), so every error of
+a v2 request, whatever raised it, answers in this shape; nothing looks at the URL.
+"""
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+from starlette.types import Scope
+
+
+def _message(kind: str, detail: Any) -> str:
+    if isinstance(detail, list):  # pydantic's issues, as one line each: "loc: msg"
+        return "; ".join(
+            f"{'.'.join(map(str, issue.get('loc', [])))}: {issue.get('msg', '')}"
+            for issue in detail
+            if isinstance(issue, dict)
+        )
+    return str(detail) if detail else kind
+
+
+def oip_envelope(status_code: int, kind: str, detail: Any) -> JSONResponse:
+    # The protocol answers every bad request with 400, validation included.
+    status_code = 400 if status_code == 422 else status_code
+    return JSONResponse(status_code=status_code, content={"error": _message(kind, detail)})
+
+
+class OipRoute(APIRoute):
+    """A route of the Open Inference Protocol surface: its errors take the protocol's envelope."""
+
+    error_envelope = staticmethod(oip_envelope)
+
+
+class OipFallbackRoute(OipRoute):
+    """Matches what no other route of the protocol matches under its path (`/v2/{path}`), so an
+    unknown v2 path is a 404 in the protocol's shape. A path another v2 route serves with other
+    methods is left to that route (a 405, in the same shape)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is Match.NONE:
+            return match, child_scope
+        app = scope.get("app")
+        routes = getattr(getattr(app, "router", None), "routes", [])
+        for route in routes:
+            if (
+                isinstance(route, OipRoute)
+                and not isinstance(route, OipFallbackRoute)
+                and route.path_regex.match(scope["path"])
+            ):
+                return Match.NONE, {}
+        return match, child_scope

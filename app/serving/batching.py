@@ -1,0 +1,144 @@
+"""Adaptive micro-batching: concurrent requests to one model version share one estimator call.
+
+A scikit-learn call has a large fixed cost (input checks, and for forests one pass per tree) and a
+small cost per row: a 100-tree forest takes about as long for 64 rows as for one. So each model
+version, in each worker, has one `MicroBatcher`:
+
+- idle, a request goes straight to the estimator (no added latency, no timer);
+- while a call is running, requests that arrive wait in a queue; when it ends, the queue is taken
+  as the next batch (up to `max_rows` rows; a request larger than that goes on its own), after at
+  most `max_wait` seconds more for stragglers, and the batch is predicted in one call in a thread;
+- the output is scattered back in order. Each request's rows were validated before they queued,
+  and each request's share of the output is checked on its own (a non-finite answer fails only
+  the request whose row caused it); an estimator error fails only the requests of that batch.
+
+Pure asyncio (no FastAPI). Attached from outside: `batching_hook(policy)` is one of the
+registry's load hooks, and sets each loaded version's `runner`, which the data plane calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.serving.model import LoadedModel, ModelOutput, call_estimator, check_output, run
+from app.serving.offload import in_thread
+from app.serving.schema import Row, Rows
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_rows: int = 256  # rows in one estimator call (a bigger single request still goes whole)
+    max_wait: float = 0.0  # seconds a batch formed under load waits for more requests
+    enabled: bool = True
+
+
+@dataclass
+class _Waiting:
+    rows: Rows
+    reply: asyncio.Future[ModelOutput]
+
+
+class MicroBatcher:
+    """One model version's queue in one worker process. Holds no event-loop state between
+    batches, so it may be created before the worker forks and used from any loop."""
+
+    def __init__(self, model: LoadedModel, policy: BatchPolicy) -> None:
+        self.model = model
+        self.policy = policy
+        self._queue: deque[_Waiting] = deque()
+        self._busy = False
+
+    async def predict(self, rows: Rows) -> ModelOutput:
+        if not self.policy.enabled:
+            return await in_thread(run, self.model, rows)
+        if self._busy:
+            reply: asyncio.Future[ModelOutput] = asyncio.get_running_loop().create_future()
+            self._queue.append(_Waiting(rows, reply))
+            return await reply
+        # Idle: this request runs at once, alone; whatever queues meanwhile is drained after.
+        self._busy = True
+        try:
+            output = await in_thread(call_estimator, self.model, rows)
+        finally:
+            self._hand_over()
+        return check_output(self.model, output)
+
+    def _hand_over(self) -> None:
+        if self._queue:
+            asyncio.get_running_loop().create_task(self._drain())
+        else:
+            self._busy = False
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                if self.policy.max_wait > 0 and self._queued_rows() < self.policy.max_rows:
+                    await asyncio.sleep(self.policy.max_wait)
+                await self._run_batch(self._take_batch())
+        finally:
+            self._busy = False
+
+    def _queued_rows(self) -> int:
+        return sum(len(waiting.rows) for waiting in self._queue)
+
+    def _take_batch(self) -> list[_Waiting]:
+        batch = [self._queue.popleft()]
+        rows = len(batch[0].rows)
+        while self._queue and rows + len(self._queue[0].rows) <= self.policy.max_rows:
+            waiting = self._queue.popleft()
+            batch.append(waiting)
+            rows += len(waiting.rows)
+        return batch
+
+    async def _run_batch(self, batch: list[_Waiting]) -> None:
+        batch = [waiting for waiting in batch if not waiting.reply.done()]  # clients gone
+        if not batch:
+            return
+        try:
+            output = await in_thread(
+                call_estimator, self.model, _concatenate([waiting.rows for waiting in batch])
+            )
+        except Exception as exc:  # the estimator failed: every request of this batch gets it
+            for waiting in batch:
+                if not waiting.reply.done():
+                    waiting.reply.set_exception(exc)
+            return
+        start = 0
+        for waiting in batch:
+            stop = start + len(waiting.rows)
+            if not waiting.reply.done():
+                try:
+                    waiting.reply.set_result(check_output(self.model, output.slice(start, stop)))
+                except Exception as exc:  # this request's own rows had no finite answer
+                    waiting.reply.set_exception(exc)
+            start = stop
+
+
+def _concatenate(parts: list[Rows]) -> Rows:
+    """Several requests' rows as one: a matrix when any part is one (only all-numeric models
+    produce matrices, so every part converts), else one list of tuples."""
+    if len(parts) == 1:
+        return parts[0]
+    if any(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])
+    rows: list[Row] = []
+    for part in parts:
+        assert isinstance(part, list)
+        rows.extend(part)
+    return rows
+
+
+def batching_hook(policy: BatchPolicy) -> Callable[[LoadedModel], None]:
+    """A registry load hook giving each loaded version its own micro-batcher. Made in whichever
+    process loads the model (the gunicorn master, before forking): a batcher holds no event-loop
+    state between batches, so each forked worker uses its copy as its own."""
+
+    def attach(model: LoadedModel) -> None:
+        model.runner = MicroBatcher(model, policy)
+
+    return attach

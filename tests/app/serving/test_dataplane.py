@@ -52,7 +52,7 @@ def test_every_surface_batches_together_and_gets_its_own_answer(store: Path) -> 
     ).encode()
     form = list(zip(FLOWER_FEATURES, map(str, rows[0]), strict=True))
 
-    async def all_surfaces() -> list[Any]:
+    async def all_surfaces() -> tuple[Any, ...]:
         return await asyncio.gather(
             dataplane.infer(
                 model, json_request(json.dumps({"instances": rows}).encode()), json_reply, work=0

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     batching: bool = Field(
         default=True,
         description="Micro-batching on (concurrent requests to one model version share estimator calls).",
+    )
+    backend: Literal["auto", "sklearn"] = Field(
+        default="auto",
+        description="auto: each model version is served by a fast evaluator where one equals scikit-learn bit for bit on the parity check at load (else by scikit-learn); sklearn: always scikit-learn.",
     )
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024,

@@ -12,11 +12,13 @@ from app.config import Settings, get_settings
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
 from app.http.docs_pages import install_docs
+from app.metrics import TURN_METRICS
 from app.http.errors import add_exception_handlers, envelope_before_routing
 from app.http.middleware.body_limit import BodyLimitMiddleware
 from app.http.middleware.cors import EnvelopeCORSMiddleware
 from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
 from app.http.openapi import install_openapi
+from app.serving.backend_gate import backend_hook
 from app.serving.batching import BatchPolicy, batching_hook
 from app.serving.dataplane import DataPlane
 from app.serving.registry import ModelRegistry
@@ -63,15 +65,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.model_dir,
         max_rows=settings.max_rows,
         trusted_types=settings.skops_trusted_types,
-        # Batching is attached to each version as it loads (MLServer's load-hook pattern).
+        # The backend and the batcher are attached to each version as it loads (MLServer's
+        # load-hook pattern): the parity gate first, so the batcher sees the chosen backend.
         on_load=[
+            backend_hook(settings.backend),
             batching_hook(
                 BatchPolicy(
                     max_rows=settings.batch_max_rows,
                     max_wait=settings.batch_max_wait_ms / 1000,
                     enabled=settings.batching,
                 )
-            )
+            ),
         ],
     )
     dataplane = DataPlane(registry)
@@ -86,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield {"registry": registry, "dataplane": dataplane}
         registry.clear()
         ACCESS_LOG.flush()
+        TURN_METRICS.flush()
 
     app = FastAPI(
         title="modelport",

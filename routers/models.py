@@ -6,7 +6,7 @@ from app.http import paths
 from app.http.dependencies import ModelName, ModelVersion, RegistryDep
 from schemas.cards import ModelCard
 from schemas.errors import error_responses
-from schemas.models import ModelInfo, ModelList, ModelSummary
+from schemas.models import BackendInfo, ModelInfo, ModelList, ModelSummary
 
 router = APIRouter(
     tags=["models"],
@@ -61,6 +61,10 @@ async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
         versions=sorted(entry.versions),
         unavailable_versions=entry.unavailable,
         traffic=entry.traffic.weights if entry.traffic else None,
+        backends={
+            version: BackendInfo(name=model.backend.name, reason=model.backend.reason)
+            for version, model in sorted(entry.versions.items())
+        },
         card=default.card,
     )
 

@@ -17,6 +17,16 @@ class ModelList(BaseModel):
     count: int
 
 
+class BackendInfo(BaseModel):
+    name: str = Field(
+        description="What evaluates the version: numpy-linear or numpy-trees (fast evaluators equal to scikit-learn bit for bit, checked at load), or sklearn.",
+        examples=["numpy-linear"],
+    )
+    reason: str | None = Field(
+        default=None, description="Why scikit-learn serves the version, when it does."
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     default_version: int
@@ -26,5 +36,8 @@ class ModelInfo(BaseModel):
     )
     traffic: dict[int, float] | None = Field(
         default=None, description="Share of unpinned traffic per version (a canary split), if set."
+    )
+    backends: dict[int, BackendInfo] = Field(
+        default_factory=dict, description="The backend serving each loaded version."
     )
     card: ModelCard = Field(description="Card of the default version.")

@@ -102,6 +102,15 @@ def on_reload(server: Any) -> None:
     _load_store(server)
 
 
+def post_fork(server: Any, worker: Any) -> None:
+    # OpenMP (HistGradientBoosting's prediction, some scikit-learn kernels) would start one
+    # thread per core in every worker: on shared cores they contend and latency turns erratic.
+    # One thread per worker, set once here; scaling is by worker processes.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="openmp")
+
+
 def child_exit(server: Any, worker: Any) -> None:
     # Keep a dead worker's counters, drop its live gauges.
     from prometheus_client import multiprocess

@@ -17,7 +17,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier
 
 from app.errors import InferenceError, InvalidInput
-from app.metrics import BATCH_SIZE, PREDICTED_ROWS, PREDICTIONS
+from app.metrics import BATCH_SIZE, PREDICTED_ROWS, PREDICTIONS, TURN_METRICS
+from app.serving.backends import Evaluator
 from app.serving.schema import InputSchema, Rows
 from schemas.cards import ModelCard
 from schemas.predict import PredictionResponse
@@ -36,6 +37,19 @@ def labels_follow_probabilities(estimator: Any) -> bool:
 _ARGMAX_PREDICTS = (RandomForestClassifier.predict, DecisionTreeClassifier.predict)
 
 
+@dataclass(frozen=True)
+class Backend:
+    """What evaluates a version's rows: a fast evaluator proven equal to scikit-learn bit for bit
+    at load (app.serving.backends), or scikit-learn itself, with the reason."""
+
+    name: str  # "numpy-linear", "numpy-trees" or "sklearn"
+    evaluator: Evaluator | None = None
+    reason: str | None = None  # why scikit-learn serves this version, when it does
+
+
+SKLEARN = Backend("sklearn", reason="not chosen at load")
+
+
 class Runner(Protocol):
     """How a version's rows reach its estimator in this process: alone, or in micro-batches
     with other requests' rows (app.serving.batching). Answers each request's checked output."""
@@ -43,9 +57,9 @@ class Runner(Protocol):
     async def predict(self, rows: Rows) -> ModelOutput: ...
 
 
-# Identity: a loaded version is one object, never compared. Not frozen for one field: `runner`
-# is attached after load by the registry's hooks (batching is a hook, so this module never
-# imports the batcher); everything else is set once, at load.
+# Identity: a loaded version is one object, never compared. Not frozen for two fields set by
+# the registry's load hooks, before the version serves: `runner` (batching is a hook, so this
+# module never imports the batcher) and `backend`; everything else is set once, at load.
 @dataclass(eq=False)
 class LoadedModel:
     """One model version in memory: its card, the fitted estimator and its input schema."""
@@ -55,6 +69,7 @@ class LoadedModel:
     inputs: InputSchema = field(repr=False)
     example_response: dict[str, Any] | None = field(default=None, repr=False)
     runner: Runner | None = field(default=None, repr=False)
+    backend: Backend = field(default=SKLEARN, repr=False)
 
     @property
     def name(self) -> str:
@@ -118,21 +133,22 @@ def call_estimator(model: LoadedModel, rows: Rows, *, observe: bool = True) -> M
 
     `observe=False` keeps a call out of the metrics (the registry's load-time self-check)."""
     if observe:
-        model.metrics[2].observe(len(rows))
+        TURN_METRICS.observe(model.metrics[2], len(rows))
     features = model.inputs.to_model_input(rows)
     estimator = model.estimator
+    predict, predict_proba = _evaluation(model, len(rows))
     where = f"Model {model.name} v{model.version}"
     classes = indices = None
     try:
         # Overflow on extreme (but finite) inputs is judged per row by check_output, not here.
         with np.errstate(all="ignore"):
             if model.labels_from_probabilities:
-                proba = estimator.predict_proba(features)
+                proba = predict_proba(features)
                 classes, indices = np.asarray(estimator.classes_), np.argmax(proba, axis=1)
                 raw = classes.take(indices, axis=0)
             else:
-                raw = estimator.predict(features)
-                proba = estimator.predict_proba(features) if model.has_probabilities else None
+                raw = predict(features)
+                proba = predict_proba(features) if model.has_probabilities else None
     except Exception as exc:
         raise InferenceError(f"{where} failed: {type(exc).__name__}: {exc}"[:500]) from exc
     predictions = np.asarray(raw)
@@ -146,13 +162,23 @@ def call_estimator(model: LoadedModel, rows: Rows, *, observe: bool = True) -> M
     return ModelOutput(predictions, probabilities, classes, indices)
 
 
+def _evaluation(model: LoadedModel, rows: int) -> tuple[Any, Any]:
+    """(predict, predict_proba) for `rows` rows: the version's fast evaluator, unless it has
+    none or the batch is past the size where scikit-learn is faster."""
+    evaluator = model.backend.evaluator
+    if evaluator is not None and (evaluator.max_rows is None or rows <= evaluator.max_rows):
+        return evaluator.predict, evaluator.predict_proba
+    estimator = model.estimator
+    return estimator.predict, getattr(estimator, "predict_proba", None)
+
+
 def check_output(model: LoadedModel, output: ModelOutput, *, observe: bool = True) -> ModelOutput:
     """One request's share of an estimator call, refused (422 naming the rows, counted from the
     request's first row) where the model gave no finite answer."""
     if observe:
         predictions, rows, _ = model.metrics
-        predictions.inc()
-        rows.inc(len(output))
+        TURN_METRICS.inc(predictions)
+        TURN_METRICS.inc(rows, len(output))
     if model.card.task == "regression":
         finite = np.isfinite(output.predictions)
     elif output.probabilities is not None:

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.metrics import LATENCY, REQUESTS
+from app.metrics import LATENCY, REQUESTS, TURN_METRICS
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -141,8 +141,8 @@ class ObservabilityMiddleware:
             latency = time.perf_counter() - started
             route = _route_label(scope, status)
             method = scope["method"]
-            _request_counter(route, method, status).inc()
-            _latency_histogram(route, method).observe(latency)
+            TURN_METRICS.inc(_request_counter(route, method, status))
+            TURN_METRICS.observe(_latency_histogram(route, method), latency)
             if self.access_log is not None:
                 self.access_log.add(
                     {

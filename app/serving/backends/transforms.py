@@ -136,8 +136,10 @@ def _column_transformer(ct: ColumnTransformer) -> Step | str:
 def _one_hot(encoder: OneHotEncoder, *, from_frame: bool) -> Callable[[Any], Array] | str:
     if encoder.drop is not None or encoder._infrequent_enabled:
         return "OneHotEncoder with drop or infrequent categories: no fast evaluator"
-    if encoder.sparse_output or encoder.dtype not in (np.float64, float):
-        return "OneHotEncoder without sparse_output=False and dtype float64: no fast evaluator"
+    # Only called for an encoder inside a ColumnTransformer whose output is dense: there sklearn
+    # stacks a sparse block as `.toarray()`, the same 0.0/1.0 values as a dense encoding.
+    if encoder.dtype not in (np.float64, float):
+        return "OneHotEncoder without dtype float64: no fast evaluator"
     categories: list[Array] = list(encoder.categories_)
     tables: list[dict[Any, int]] = []
     for cats in categories:

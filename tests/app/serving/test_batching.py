@@ -226,3 +226,42 @@ def test_with_batching_off_each_request_gets_its_own_call(store: Path) -> None:
     for result, rows in zip(results, requests, strict=True):
         assert isinstance(result, ModelOutput)
         same(result, run(model, rows))
+
+
+def _ran_on_the_loop(batcher: MicroBatcher, rows: Rows) -> tuple[bool, ModelOutput]:
+    """Whether `predict` ran without yielding to the event loop (inline), and its output: a
+    callback scheduled first runs only if the call awaited something (a thread)."""
+
+    async def scenario() -> tuple[bool, ModelOutput]:
+        others: list[str] = []
+        asyncio.get_running_loop().call_soon(others.append, "other")
+        output = await batcher.predict(rows)
+        return not others, output
+
+    return asyncio.run(scenario())
+
+
+def test_an_idle_batcher_runs_calls_measured_cheap_on_the_event_loop(store: Path) -> None:
+    model = loaded(store, "line")
+    batcher = MicroBatcher(model, BatchPolicy())
+    one_row: Rows = [(1.0, 2.0)]
+
+    inline, output = _ran_on_the_loop(batcher, one_row)
+    assert not inline  # nothing measured yet: the first call goes to a thread
+    assert batcher.small_call_seconds < float("inf")  # and is timed
+    same(output, run(model, one_row))
+
+    batcher.small_call_seconds = 0.0  # as measured for a compiled backend's call
+    inline, output = _ran_on_the_loop(batcher, one_row)
+    assert inline
+    same(output, run(model, one_row))
+
+    batcher.small_call_seconds = 0.0
+    many: Rows = [(float(i), 1.0) for i in range(17)]  # past INLINE_MAX_ROWS: a thread
+    inline, output = _ran_on_the_loop(batcher, many)
+    assert not inline
+    same(output, run(model, many))
+
+    batcher.small_call_seconds = 1.0  # as measured for an expensive call: a thread
+    inline, _ = _ran_on_the_loop(batcher, one_row)
+    assert not inline

@@ -12,7 +12,7 @@ from app.config import Settings, get_settings
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
 from app.http.docs_pages import install_docs
-from app.http.errors import add_exception_handlers, envelope_before_routing
+from app.http.errors import add_exception_handlers
 from app.http.middleware.body_limit import BodyLimitMiddleware
 from app.http.middleware.cors import EnvelopeCORSMiddleware
 from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
@@ -105,11 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.dataplane = dataplane
     add_exception_handlers(app)
-    app.add_middleware(
-        BodyLimitMiddleware,
-        limit_for=_body_limits(settings),
-        envelope_for=envelope_before_routing(app),
-    )
+    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
     if settings.cors_origins:  # outside the body limit: even a 413 carries CORS headers
         app.add_middleware(
             EnvelopeCORSMiddleware,

@@ -12,12 +12,12 @@ from app.config import Settings, get_settings
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
 from app.http.docs_pages import install_docs
-from app.metrics import TURN_METRICS
-from app.http.errors import add_exception_handlers, envelope_before_routing
+from app.http.errors import add_exception_handlers
 from app.http.middleware.body_limit import BodyLimitMiddleware
 from app.http.middleware.cors import EnvelopeCORSMiddleware
 from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
 from app.http.openapi import install_openapi
+from app.metrics import TURN_METRICS
 from app.serving.backend_gate import backend_hook
 from app.serving.batching import BatchPolicy, batching_hook
 from app.serving.dataplane import DataPlane
@@ -110,11 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.dataplane = dataplane
     add_exception_handlers(app)
-    app.add_middleware(
-        BodyLimitMiddleware,
-        limit_for=_body_limits(settings),
-        envelope_for=envelope_before_routing(app),
-    )
+    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
     if settings.cors_origins:  # outside the body limit: even a 413 carries CORS headers
         app.add_middleware(
             EnvelopeCORSMiddleware,

@@ -201,3 +201,6 @@ router.add_api_route(
     include_in_schema=False,
     route_class_override=OipFallbackRoute,
 )
+_FALLBACK = router.routes[-1]
+assert isinstance(_FALLBACK, OipFallbackRoute)
+_FALLBACK.siblings = router.routes

@@ -2,8 +2,8 @@
 
 The friendly API answers `{"error": "<Kind>", "detail": ...}`. A route may carry its protocol's
 own envelope as `error_envelope` (the Open Inference Protocol's `{"error": "<message>"}`, in
-app.http.v2_errors, beside its surface): the handlers installed here, and the middleware that
-refuses requests before routing, answer in the envelope of the route the request matched.
+app.http.v2_errors, beside its surface): the handlers installed here, and the body-limit
+middleware, answer in the envelope of the route the request matched.
 No client ever sees a bare `{"detail"}` body or a traceback.
 (Separate from `app.errors` so the layers below HTTP do not import FastAPI.)
 """
@@ -18,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import Match
 from starlette.types import Scope
 
 from app.errors import InvalidInput, ServiceError, clean_errors
@@ -38,23 +37,6 @@ def envelope_of(scope: Scope) -> Envelope:
     """The envelope of the route this request matched (the friendly one when none did)."""
     envelope: Envelope = getattr(scope.get("route"), "error_envelope", friendly_envelope)
     return envelope
-
-
-def envelope_before_routing(app: FastAPI) -> Callable[[Scope], Envelope]:
-    """For middleware that refuses a request before routing (a body over the limit): match the
-    app's routes the way the router will, and answer in that route's envelope."""
-
-    def envelope_for(scope: Scope) -> Envelope:
-        partial = None
-        for route in app.router.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return envelope_of({"route": route})
-            if match is Match.PARTIAL and partial is None:
-                partial = route
-        return envelope_of({"route": partial})
-
-    return envelope_for
 
 
 def _kind_for_status(status_code: int) -> str:

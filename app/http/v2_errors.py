@@ -3,11 +3,12 @@ and KServe's client read. Carried by the v2 routes themselves (`OipRoute`), so e
 a v2 request, whatever raised it, answers in this shape; nothing looks at the URL.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 
@@ -36,15 +37,16 @@ class OipRoute(APIRoute):
 class OipFallbackRoute(OipRoute):
     """Matches what no other route of the protocol matches under its path (`/v2/{path}`), so an
     unknown v2 path is a 404 in the protocol's shape. A path another v2 route serves with other
-    methods is left to that route (a 405, in the same shape)."""
+    methods is left to that route (a 405, in the same shape). `siblings` is the router's own
+    list of routes, set once the router is complete."""
+
+    siblings: Sequence[BaseRoute] = ()
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child_scope = super().matches(scope)
         if match is Match.NONE:
             return match, child_scope
-        app = scope.get("app")
-        routes = getattr(getattr(app, "router", None), "routes", [])
-        for route in routes:
+        for route in self.siblings:
             if (
                 isinstance(route, OipRoute)
                 and not isinstance(route, OipFallbackRoute)

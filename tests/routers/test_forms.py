@@ -28,15 +28,6 @@ URLENCODED = {"content-type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture(scope="module")
-def item_of(response: Any) -> dict[str, Any]:
-    """The one prediction of a form reply, which comes in the envelope of every surface."""
-    body = response.json()
-    assert set(body) == {"model_name", "model_version", "predictions"}
-    assert len(body["predictions"]) == 1
-    item: dict[str, Any] = body["predictions"][0]
-    return item
-
-
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One store for the module (overrides conftest's per-test one): these tests only read it,
     and fitting its models is the slow part of each test's setup."""
@@ -86,6 +77,15 @@ def pets_frame(fields: dict[str, str]) -> pd.DataFrame:
 
 
 # -- happy paths ------------------------------------------------------------------------------
+
+
+def item_of(response: Any) -> dict[str, Any]:
+    """The one prediction of a form reply, which comes in the envelope of every surface."""
+    body = response.json()
+    assert set(body) == {"model_name", "model_version", "predictions"}
+    assert len(body["predictions"]) == 1
+    item: dict[str, Any] = body["predictions"][0]
+    return item
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)

@@ -2,10 +2,11 @@
 
 FastAPI has no upload limit and Starlette spools file parts to disk without a total cap, so a
 client could otherwise make a worker buffer gigabytes. This ASGI middleware refuses a declared
-Content-Length over the limit before the app runs, and cuts off a body of undeclared length
-(chunked) the moment it passes the limit: the app sees a disconnect, and whatever it answers is
-replaced by a 413 envelope. A body within its declared length needs no watching: the server's
-HTTP parser frames it by that length, so it cannot grow past it.
+Content-Length over the limit without reading a byte of the body, and cuts off a body of
+undeclared length (chunked) the moment it passes the limit: either way the app sees a
+disconnect, and whatever it answers is replaced by a 413 in the error envelope of the route the
+request reached (app.http.errors). A body within its declared length needs no watching: the
+server's HTTP parser frames it by that length, so it cannot grow past it.
 """
 
 from collections.abc import Callable
@@ -13,25 +14,18 @@ from collections.abc import Callable
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.errors import Envelope
+from app.http.errors import envelope_of
 
 
 class BodyLimitMiddleware:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        limit_for: Callable[[str], int],
-        envelope_for: Callable[[Scope], Envelope],
-    ) -> None:
-        """`limit_for(path)` gives the byte limit for a request path; `envelope_for(scope)` the
-        error envelope of the route the request will reach (the refusal comes before routing)."""
+    def __init__(self, app: ASGIApp, *, limit_for: Callable[[str], int]) -> None:
+        """`limit_for(path)` gives the byte limit for a request path."""
         self.app = app
         self.limit_for = limit_for
-        self.envelope_for = envelope_for
 
-    def _too_large(self, limit: int, scope: Scope) -> Response:
-        envelope = self.envelope_for(scope)
+    @staticmethod
+    def _too_large(limit: int, scope: Scope) -> Response:
+        envelope = envelope_of(scope)  # the matched route's, once the app has routed it
         return envelope(413, "PayloadTooLarge", f"Request body is larger than {limit} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -46,17 +40,18 @@ class BodyLimitMiddleware:
                 declared = value
             elif name == b"transfer-encoding":
                 chunked = True
+        exceeded = False
         if declared is not None and declared.isdigit() and not chunked:
-            if int(declared) > limit:
-                await self._too_large(limit, scope)(scope, receive, send)
+            if int(declared) <= limit:
+                # The HTTP parser delivers exactly the declared length (any further bytes are
+                # the next request): nothing to watch.
+                await self.app(scope, receive, send)
                 return
-            # Within the limit, and the HTTP parser delivers exactly the declared length (any
-            # further bytes are the next request): nothing to watch.
-            await self.app(scope, receive, send)
-            return
+            # Refused before a byte is read. The app still routes the request (cheaply: it
+            # sees a disconnect at once), so the 413 takes the envelope of the route it reached.
+            exceeded = True
 
         received = 0
-        exceeded = False
         started = False  # the app has begun its own response
         replaced = False  # we answered 413 in its place
 

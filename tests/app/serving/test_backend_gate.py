@@ -86,6 +86,7 @@ def test_an_evaluator_one_ulp_off_is_refused_at_load(
     # And scikit-learn answers: the nudged value never reaches a client.
     rows = x[:5]
     output = call_estimator(model, rows, observe=False)
+    assert output.probabilities is not None
     assert np.array_equal(output.probabilities, model.estimator.predict_proba(rows))
 
 
@@ -100,6 +101,7 @@ def test_the_evaluator_serves_and_scikit_learn_takes_nothing_else(store: Path) -
     model: LoadedModel = registry.get("flowers", 1)
     rows, _ = flower_data()
     output = call_estimator(model, rows, observe=False)
+    assert output.probabilities is not None
     assert np.array_equal(output.probabilities, model.estimator.predict_proba(rows))
     assert output.predictions.tolist() == model.estimator.predict(rows).tolist()
 
@@ -112,5 +114,6 @@ def test_a_frame_pipeline_with_a_default_one_hot_encoder_is_exact(store: Path) -
     features = model.inputs.to_model_input(rows)
     output = call_estimator(model, rows, observe=False)
     assert model.backend.name == "numpy-linear"
+    assert output.probabilities is not None
     assert np.array_equal(output.probabilities, model.estimator.predict_proba(features))
     assert output.predictions.tolist() == model.estimator.predict(features).tolist()

@@ -25,6 +25,7 @@ from sklearn.datasets import load_breast_cancer
 
 from benchmarks.servers import RunningServer, wait_idle
 from benchmarks.stats import Spread, TargetCheck, paired_ratios
+from benchmarks.targets import BULK_TARGETS
 
 logger = logging.getLogger("benchmarks")
 
@@ -147,7 +148,7 @@ def run_bulk(
             "modelport: JSON, array rows",
             _poster(client, f"{modelport}/models/{MODEL}/predict", arrays_body, "application/json", "predictions"),
             len(arrays_body),
-            (2.0, "≤ 2.0× predict"),
+            BULK_TARGETS["modelport_json"],
         ),
         _Item(
             "modelport_records",
@@ -160,7 +161,7 @@ def run_bulk(
             "modelport: CSV upload",
             _poster(client, f"{modelport}/models/{MODEL}/predict/file", csv_body, csv_type, "predictions"),
             len(csv_body),
-            (1.5, "≤ 1.5× predict"),
+            BULK_TARGETS["modelport_csv"],
         ),
     ]  # fmt: skip
     for key, label in (("naive", "naive FastAPI port"), ("flask", "Flask prototype")):

@@ -37,12 +37,12 @@ from benchmarks.servers import (
     wait_workers_settled,
 )
 from benchmarks.stats import TargetCheck
+from benchmarks.targets import ADDED_PRIVATE_TARGET_MB, RELOADED_WORKER_PRIVATE_MB
 
 logger = logging.getLogger("benchmarks")
 
 MODEL = "large-forest"
 PATH = f"/models/{MODEL}/predict"
-ADDED_PRIVATE_TARGET_MB = 25.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,9 @@ class MemoryResult:
     reload_served_version: int | None
     reload_s: float
     targets: list[TargetCheck]
+    # A check beside the targets, not one of them: a reload that left workers holding the old
+    # forest as well as the new one would show here.
+    reload_check: TargetCheck
 
     @property
     def reload_ok(self) -> bool:
@@ -314,15 +317,15 @@ def run_memory(spec: ForestSpec, *, cache_dir: Path, work_dir: Path, cpu: int) -
             ADDED_PRIVATE_TARGET_MB,
             "at_most",
             "MB",
-        ),
-        TargetCheck(
-            f"after SIGHUP, each worker's private ≤ {ADDED_PRIVATE_TARGET_MB:.0f} MB",
-            reloaded.max_worker_private_mb,
-            ADDED_PRIVATE_TARGET_MB,
-            "at_most",
-            "MB",
-        ),
+        )
     ]
+    reload_check = TargetCheck(
+        f"after SIGHUP, each worker's private ≤ {RELOADED_WORKER_PRIVATE_MB:.0f} MB",
+        reloaded.max_worker_private_mb,
+        RELOADED_WORKER_PRIVATE_MB,
+        "at_most",
+        "MB",
+    )
     return MemoryResult(
         forest=forest,
         stages=stages,
@@ -331,4 +334,5 @@ def run_memory(spec: ForestSpec, *, cache_dir: Path, work_dir: Path, cpu: int) -
         reload_served_version=reload_version,
         reload_s=reload_s,
         targets=targets,
+        reload_check=reload_check,
     )

@@ -1,4 +1,4 @@
-"""The results as JSON, a markdown table and a PNG chart."""
+"""The results as JSON, a markdown table and (through benchmarks.chart) a PNG chart."""
 
 from __future__ import annotations
 
@@ -6,27 +6,18 @@ import dataclasses
 import json
 import math
 import os
-import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: draw straight to a file
-
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-from matplotlib.axes import Axes  # noqa: E402
-
-from benchmarks.bulk import BulkResult  # noqa: E402
-from benchmarks.memory import ADDED_PRIVATE_TARGET_MB, MemoryResult  # noqa: E402
-from benchmarks.stats import Spread, TargetCheck  # noqa: E402
-from benchmarks.throughput import (  # noqa: E402
-    REFERENCES,
-    ConfigurationResult,
-    ScenarioResult,
-)
+from benchmarks.bulk import BulkResult
+from benchmarks.chart import CHART_LABELS, draw_chart, ms, rate
+from benchmarks.memory import MemoryResult
+from benchmarks.stats import Spread, TargetCheck
+from benchmarks.store import ModelBackend
+from benchmarks.targets import ISSUE
+from benchmarks.throughput import REFERENCES, ConfigurationResult, ScenarioResult
 
 REFERENCE_HEADINGS = {
     "flask": "Flask",
@@ -34,9 +25,7 @@ REFERENCE_HEADINGS = {
     "constant": "constant route",
     "bare": "bare ASGI",
 }
-MODELPORT_COLOUR = "#d95f02"
-OTHER_COLOUR = "#7570b3"  # the apps modelport replaces
-CEILING_COLOUR = "#b3b3b3"
+SUMMARY_KEYS = ("flask", "naive", "constant", "bare", "modelport")
 
 
 @dataclass(frozen=True)
@@ -45,6 +34,8 @@ class BenchReport:
     throughput: list[ScenarioResult]
     bulk: BulkResult | None
     memory: MemoryResult | None
+    # The backend of each benchmarked model's default version, as modelport reported it.
+    backends: list[ModelBackend] = dataclasses.field(default_factory=list)
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -74,18 +65,6 @@ def to_json(report: BenchReport) -> str:
 # -- markdown -------------------------------------------------------------------------------------
 
 
-def _rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def _ms(value: float) -> str:
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
 def _percent(value: float) -> str:
     return f"{value * 100:.0f}%"
 
@@ -105,26 +84,33 @@ def _targets(checks: Sequence[TargetCheck]) -> str:
 def _scenario_cell(result: ConfigurationResult | None, latency: bool) -> str:
     if result is None:
         return "—"
-    return _spread(result.p50_ms, _ms) if latency else _spread(result.requests_per_s, _rate)
+    return _spread(result.p50_ms, ms) if latency else _spread(result.requests_per_s, rate)
 
 
 def _summary_table(report: BenchReport) -> list[str]:
     """One line per measurement: every configuration's median (min–max) beside modelport's
-    verdicts on the targets."""
-    keys = ["flask", "naive", "constant", "bare", "modelport"]
-    headings = [CHART_LABELS[key] for key in keys]
+    verdicts on the targets; footnotes say why a cell is empty, and which backend served."""
+    headings = [CHART_LABELS[key] for key in SUMMARY_KEYS]
     lines = [
         "### Summary",
         "",
-        "| measurement | " + " | ".join(headings) + " | modelport against the targets |",
-        "|" + "---|" * (len(keys) + 2),
+        "| measurement | " + " | ".join(headings) + f" | modelport against {ISSUE}'s targets |",
+        "|" + "---|" * (len(SUMMARY_KEYS) + 2),
     ]
+    footnotes: list[str] = []
     for scenario in report.throughput:
         latency = scenario.metric == "p50_ms"
         by_key = {result.key: result for result in scenario.configurations}
-        cells = [_scenario_cell(by_key.get(key), latency) for key in keys]
+        cells = []
+        for key in SUMMARY_KEYS:
+            if key in scenario.left_out:
+                footnotes.append(f"{CHART_LABELS[key]}, {scenario.key}: {scenario.left_out[key]}")
+                cells.append(f"[{len(footnotes)}]")
+            else:
+                cells.append(_scenario_cell(by_key.get(key), latency))
         unit = "p50 ms" if latency else "req/s"
         targets = _targets(by_key["modelport"].targets) if "modelport" in by_key else ""
+        targets = targets or "none set"
         lines.append(f"| {scenario.title}: {unit} | " + " | ".join(cells) + f" | {targets} |")
     if report.bulk is not None:
         for timing in report.bulk.timings:
@@ -140,9 +126,20 @@ def _summary_table(report: BenchReport) -> list[str]:
         lines.append(
             f"| {memory.forest.artifact_mb:.0f} MB forest: private MB each worker beyond the "
             f"first adds | | | | | {memory.added_private_mb_per_worker:.1f} | "
-            f"{_targets(memory.targets)}; serves v2 after SIGHUP {reload_mark} |"
+            f"{_targets(memory.targets)}; also checked: {memory.reload_check.render()}, serves "
+            f"v2 after SIGHUP {reload_mark} |"
         )
-    return [*lines, ""]
+    lines.append("")
+    lines += [f"[{number}] {note}" for number, note in enumerate(footnotes, start=1)]
+    if footnotes:
+        lines.append("")
+    if report.backends:
+        backends = ", ".join(backend.render() for backend in report.backends)
+        lines += [
+            f"Backends (each model's default version, from `GET /models/{{name}}`): {backends}.",
+            "",
+        ]
+    return lines
 
 
 def _scenario_table(scenario: ScenarioResult) -> list[str]:
@@ -169,11 +166,11 @@ def _scenario_table(scenario: ScenarioResult) -> list[str]:
         "|" + "---|" * len(headings),
     ]
     for result in scenario.configurations:
-        rate = _spread(result.requests_per_s, _rate)
-        p50 = _spread(result.p50_ms, _ms)
-        p99 = _spread(result.p99_ms, _ms)
+        rps = _spread(result.requests_per_s, rate)
+        p50 = _spread(result.p50_ms, ms)
+        p99 = _spread(result.p99_ms, ms)
         label = f"**{result.label}**" if result.key == "modelport" else result.label
-        cells = [label, *([p50, p99, rate] if latency else [rate, p50, p99])]
+        cells = [label, *([p50, p99, rps] if latency else [rps, p50, p99])]
         cells.append(_spread(result.server_cpu_share, _percent))
         cells.append(f"{result.non_2xx} / {result.socket_errors}")
         for reference in REFERENCES:
@@ -181,7 +178,10 @@ def _scenario_table(scenario: ScenarioResult) -> list[str]:
             cells.append("—" if ratio is None or reference.key == result.key else _ratio(ratio))
         cells.append(_targets(result.targets))
         lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    lines.append("")
+    for key, why in scenario.left_out.items():
+        lines += [f"Not measured: {CHART_LABELS[key]}, which {why}", ""]
+    return lines
 
 
 def _bulk_table(bulk: BulkResult) -> list[str]:
@@ -198,7 +198,7 @@ def _bulk_table(bulk: BulkResult) -> list[str]:
         body = f"{timing.body_bytes / 2**20:.1f} MB" if timing.body_bytes else "—"
         target = timing.target.render() if timing.target else ""
         lines.append(
-            f"| {timing.label} | {_spread(timing.milliseconds, _ms)} | "
+            f"| {timing.label} | {_spread(timing.milliseconds, ms)} | "
             f"{_ratio(timing.ratio_to_predict)} | {body} | {timing.failures} | {target} |"
         )
     return [*lines, ""]
@@ -237,7 +237,9 @@ def _memory_table(memory: MemoryResult) -> list[str]:
         f"private (total Pss {memory.added_pss_mb_per_worker:+.1f} MB).",
         f"- After `kill -HUP` with v2 copied into the store: serves {served} "
         f"{memory.reload_s:.1f} s later {reload_mark} (the store then holds v1 and v2).",
-        *(f"- Target: {check.render()}" for check in memory.targets),
+        *(f"- Target ({ISSUE}): {check.render()}" for check in memory.targets),
+        f"- Also checked (issue 6's bound, not among {ISSUE}'s targets): "
+        f"{memory.reload_check.render()}",
         "",
     ]
     return lines
@@ -247,19 +249,29 @@ def _loads(averages: Any) -> str:
     return " / ".join(f"{value:.2f}" for value in averages) if averages else "?"
 
 
+def _dropped(meta: dict[str, Any]) -> str:
+    dropped = meta.get("rounds_dropped")
+    if not dropped:
+        return "rounds dropped: not recorded"
+    count = dropped["count"]
+    return f"{count} round{'' if count == 1 else 's'} dropped ({dropped['why']})"
+
+
 def to_markdown(report: BenchReport) -> str:
     meta = report.meta
     warmup = f"after a {meta['warmup_s']} s warm-up" if meta["warmup_s"] else "no warm-up"
     lines = [
         f"## modelport benchmark: {meta['started']} ({meta['mode']} mode)",
         "",
-        f"Commit {meta['commit']}; {meta['cpu']}, {meta['cores']} cores; Python "
-        f"{meta['python']}; {meta['wrk']}. Every server runs one worker pinned to core "
-        f"{meta['server_cpu']}; wrk (`-t1 --timeout 10s`) and the harness run on core "
-        f"{meta['client_cpu']}. {meta['rounds']} interleaved rounds of {meta['duration_s']} s "
-        f"per configuration, {warmup}; medians with (min–max) over "
-        "the rounds; ratios are taken round by round, then their median (min–max). Load "
-        f"average (1, 5, 15 min) at start {_loads(meta.get('load_average_at_start'))}, at end "
+        f"Load average at start {_loads(meta.get('load_average_at_start'))} (1, 5, 15 min, "
+        f"/proc/loadavg) on {meta['cores']} cores; {_dropped(meta)}.",
+        "",
+        f"Commit {meta['commit']}; {meta['cpu']}; Python {meta['python']}; {meta['wrk']}. "
+        f"Every server runs one worker pinned to core {meta['server_cpu']}; wrk "
+        f"(`-t1 --timeout 10s`) and the harness run on core {meta['client_cpu']}. "
+        f"{meta['rounds']} interleaved rounds of {meta['duration_s']} s per configuration, "
+        f"{warmup}; medians with (min–max) over the rounds; ratios are taken round by round, "
+        f"then their median (min–max). Load average at end "
         f"{_loads(meta.get('load_average_at_end'))}; wall time {meta.get('wall_s', '?')} s.",
         "",
     ]
@@ -306,160 +318,6 @@ def all_targets(report: BenchReport) -> list[TargetCheck]:
     return [check for _, check in labelled_targets(report)]
 
 
-# -- chart ----------------------------------------------------------------------------------------
-
-CHART_LABELS = {
-    "flask": "Flask prototype",
-    "naive": "naive FastAPI",
-    "constant": "constant route",
-    "bare": "bare ASGI",
-    "modelport": "modelport",
-    "predict": "predict (in-process)",
-    "predict_proba": "predict_proba (in-process)",
-    "predict_both": "both (in-process)",
-    "modelport_json": "modelport JSON arrays",
-    "modelport_records": "modelport JSON records",
-    "modelport_csv": "modelport CSV upload",
-    "naive_json": "naive FastAPI JSON",
-    "flask_json": "Flask JSON",
-}
-
-
-def _colour(key: str) -> str:
-    if key.startswith("modelport"):
-        return MODELPORT_COLOUR
-    if key in ("constant", "bare") or key.startswith("predict"):
-        return CEILING_COLOUR  # ceilings, and the in-process floor
-    return OTHER_COLOUR
-
-
-def _bars(
-    axes: Axes,
-    keys: Sequence[str],
-    spreads: Sequence[Spread],
-    *,
-    title: str,
-    unit: str,
-    render: Callable[[float], str],
-    log: bool = False,
-) -> None:
-    """Horizontal bars of medians, whiskers from min to max, the median written beside."""
-    positions = list(range(len(keys)))[::-1]  # first key on top
-    medians = [spread.median for spread in spreads]
-    errors = [
-        [spread.median - spread.min for spread in spreads],
-        [spread.max - spread.median for spread in spreads],
-    ]
-    axes.barh(
-        positions,
-        medians,
-        xerr=errors,
-        color=[_colour(key) for key in keys],
-        capsize=3,
-        ecolor="#333333",
-    )
-    axes.set_yticks(positions, [CHART_LABELS.get(key, key) for key in keys])
-    axes.set_title(title, fontsize=10)
-    axes.set_xlabel(unit)
-    if log:
-        # Throughputs span two orders of magnitude: on a log axis the slow ones stay visible.
-        axes.set_xscale("log")
-        axes.set_xlim(right=max(spread.max for spread in spreads) * 8)
-    else:
-        axes.set_xlim(right=max(spread.max for spread in spreads) * 1.3)
-    for position, spread in zip(positions, spreads, strict=True):
-        axes.text(spread.max, position, f"  {render(spread.median)}", va="center", fontsize=8)
-
-
-def _memory_bars(axes: Axes, memory: MemoryResult) -> None:
-    stages = memory.stages
-    labels = ["1 worker", "2 workers", "2 workers,\nafter SIGHUP + v2"][: len(stages)]
-    positions = list(range(len(stages)))
-    width = 0.38
-    series = (
-        ("total Pss", [stage.total_pss_mb for stage in stages], OTHER_COLOUR, -width / 2),
-        (
-            "largest worker private",
-            [stage.max_worker_private_mb for stage in stages],
-            MODELPORT_COLOUR,
-            width / 2,
-        ),
-    )
-    for name, values, colour, offset in series:
-        bars = axes.bar([p + offset for p in positions], values, width, label=name, color=colour)
-        axes.bar_label(bars, [f"{value:.0f}" for value in values], fontsize=8)
-    axes.axhline(ADDED_PRIVATE_TARGET_MB, color="#333333", linestyle=":", linewidth=1)
-    axes.set_xticks(positions, labels)
-    axes.set_ylabel("MB")
-    axes.legend(fontsize=8, loc="upper left")
-    axes.margins(y=0.15)
-    axes.set_title(
-        f"modelport memory, {memory.forest.trees}-tree forest ({memory.forest.artifact_mb:.0f} MB); "
-        f"dotted: {ADDED_PRIVATE_TARGET_MB:.0f} MB",
-        fontsize=10,
-    )
-
-
-def draw_chart(report: BenchReport, path: Path) -> None:
-    figure, grid = plt.subplots(2, 3, figsize=(18, 9), layout="constrained")
-    panels = list(grid.flat)
-    for axes, scenario in zip(panels, report.throughput, strict=False):
-        latency = scenario.metric == "p50_ms"
-        results = scenario.configurations
-        _bars(
-            axes,
-            [result.key for result in results],
-            [result.p50_ms if latency else result.requests_per_s for result in results],
-            title=scenario.title,
-            unit="p50 latency, ms (lower is better)"
-            if latency
-            else "requests/s, log scale (higher is better)",
-            render=_ms if latency else _rate,
-            log=not latency,
-        )
-    if report.bulk is not None:
-        timings = report.bulk.timings
-        _bars(
-            panels[3],
-            [timing.key for timing in timings],
-            [timing.milliseconds for timing in timings],
-            title=f"{report.bulk.rows:,} rows to {report.bulk.model}, one request",
-            unit="ms (lower is better)",
-            render=_ms,
-        )
-    if report.memory is not None:
-        _memory_bars(panels[4], report.memory)
-    for axes in panels[len(report.throughput) : 3]:
-        axes.axis("off")
-    if report.bulk is None:
-        panels[3].axis("off")
-    if report.memory is None:
-        panels[4].axis("off")
-    summary = panels[5]
-    summary.axis("off")
-    lines = [
-        textwrap.fill(f"{label}: {check.render()}", 64, subsequent_indent="    ")
-        for label, check in labelled_targets(report)
-    ]
-    summary.text(
-        0,
-        1,
-        "Targets (issue 6), modelport\n\n" + ("\n".join(lines) or "none checked"),
-        va="top",
-        fontsize=9,
-        family="monospace",
-    )
-    figure.suptitle(
-        "modelport vs the Flask prototype, a naive FastAPI port and two ceilings: one worker "
-        f"on one core ({report.meta['started']}, {report.meta['mode']} mode; whiskers: min–max)",
-        fontsize=12,
-    )
-    staging = path.with_suffix(".png.tmp")
-    figure.savefig(staging, dpi=80, format="png")
-    plt.close(figure)
-    os.replace(staging, path)
-
-
 def write_report(report: BenchReport, output_dir: Path) -> dict[str, Path]:
     """`latest.json`, `latest.md` and `latest.png` in `output_dir`, each replaced atomically."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -468,5 +326,5 @@ def write_report(report: BenchReport, output_dir: Path) -> dict[str, Path]:
         staging = paths[kind].with_suffix(f".{kind}.tmp")
         staging.write_text(text, encoding="utf-8")
         os.replace(staging, paths[kind])
-    draw_chart(report, paths["png"])
+    draw_chart(report, paths["png"], labelled_targets(report))
     return paths

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 import app.serving.backend_gate as backend_gate
 from app.serving.backend_gate import backend_hook
-from app.serving.backends import Evaluator
+from app.serving.backends import Evaluator, compile_evaluator
 from app.serving.model import LoadedModel, call_estimator
 from app.serving.registry import ModelRegistry
 from tests.conftest import flower_data, flower_features, pets_frame, write_model
@@ -60,7 +60,7 @@ def test_an_evaluator_one_ulp_off_is_refused_at_load(
         features=flower_features(),
         classes=["setosa", "versicolor", "virginica"],
     )
-    real_compile = backend_gate.compile_evaluator
+    real_compile = compile_evaluator
 
     def one_ulp_off(estimator: Any) -> Evaluator | str:
         evaluator = real_compile(estimator)

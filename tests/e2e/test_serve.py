@@ -57,7 +57,7 @@ def test_runs_two_uvicorn_workers_under_gunicorn(server: Server) -> None:
 
 def test_workers_keep_freed_memory_and_small_uploads_in_memory(server: Server) -> None:
     """`modelport serve` starts gunicorn with glibc malloc keeping freed memory for the next
-    large request (app.allocator); the master logs that and how large an upload stays in
+    large request (app.server.allocator); the master logs that and how large an upload stays in
     memory while it is read."""
     for pid in server.worker_pids():
         entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -4,8 +4,9 @@ A scikit-learn call has a large fixed cost (input checks, and for forests one pa
 small cost per row: a 100-tree forest takes about as long for 64 rows as for one. So each model
 version, in each worker, has one `MicroBatcher`:
 
-- idle, a request goes straight to the estimator (no added latency, no timer), on the event
-  loop itself when calls of its size are measured to be cheaper than a thread hop;
+- idle, a request goes straight to the estimator (no added latency, no timer); when it is the
+  worker's only request in flight and calls of its size are measured cheaper than a thread
+  hop, on the event loop itself;
 - while a call is running, requests that arrive wait in a queue; when it ends, the queue is taken
   as the next batch (up to `max_rows` rows; a request larger than that goes on its own), after at
   most `max_wait` seconds more for stragglers, and the batch is predicted in one call in a thread;
@@ -32,8 +33,9 @@ from app.serving.model import LoadedModel, ModelOutput, call_estimator, check_ou
 from app.serving.offload import in_thread
 from app.serving.schema import Row, Rows
 
-# An idle batcher runs a call on the event loop, with no thread hop, when calls of this size
-# have been measured below INLINE_CALL_SECONDS: the hop to a thread and back costs ~180–900 µs
+# An idle batcher serving the worker's only request in flight runs the call on the event loop,
+# with no thread hop, when calls of this size have been measured below INLINE_CALL_SECONDS
+# (under load, calls stay in the thread, where concurrent requests batch): the hop to a thread and back costs ~180–900 µs
 # for a lone request, far more than a compiled backend's single-row call (~10–60 µs), while
 # scikit-learn's own single-row call (~500 µs of input checks) keeps its thread.
 INLINE_MAX_ROWS = 16
@@ -66,7 +68,9 @@ class MicroBatcher:
         # until the first such call has been timed).
         self.small_call_seconds = math.inf
 
-    async def predict(self, rows: Rows) -> ModelOutput:
+    async def predict(self, rows: Rows, *, alone: bool = False) -> ModelOutput:
+        """This request's checked output. `alone`: no other request is in flight in this
+        worker, so a call measured cheap may run on the event loop without holding anyone up."""
         if not self.policy.enabled:
             return await in_thread(run, self.model, rows)
         if self._busy:
@@ -77,7 +81,7 @@ class MicroBatcher:
         # A call measured cheaper than the hop to a thread and back runs on the event loop.
         self._busy = True
         try:
-            if self.runs_inline(len(rows)):
+            if alone and self.runs_inline(len(rows)):
                 output = self._timed_call(rows)
             else:
                 output = await in_thread(self._timed_call, rows)

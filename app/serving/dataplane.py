@@ -44,6 +44,8 @@ class DataPlane:
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
+        # Requests inside `infer` in this worker: with one, the worker is otherwise idle.
+        self.in_flight = 0
 
     # -- resolve -------------------------------------------------------------------------------
     def resolve(self, name: str, version: int | None = None, session: str | None = None) -> Routed:
@@ -63,12 +65,15 @@ class DataPlane:
         return self.registry.ready
 
     # -- predict -------------------------------------------------------------------------------
-    async def predict_rows(self, model: LoadedModel, rows: Rows) -> ModelOutput:
+    async def predict_rows(
+        self, model: LoadedModel, rows: Rows, *, alone: bool = False
+    ) -> ModelOutput:
         """Validated rows through the version's runner (batched with concurrent requests from
-        every surface), each request's output checked (finite, one answer per row)."""
+        every surface), each request's output checked (finite, one answer per row). `alone`:
+        no other request is in flight in this worker."""
         if model.runner is None:  # loaded without hooks: alone, in a thread
             return await in_thread(run, model, rows)
-        return await model.runner.predict(rows)
+        return await model.runner.predict(rows, alone=alone)
 
     async def infer(
         self,
@@ -81,8 +86,12 @@ class DataPlane:
         """One request end to end. `work` is the request's size in bytes (or `BLOCKING` for a
         decoder that may block on I/O): small requests are decoded and encoded on the event
         loop, which is cheaper than a thread hop; large ones in a thread."""
-        decoded = await offload(decode, model, work=work)
-        output = await self.predict_rows(model, decoded.rows)
-        return await offload(
-            encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
-        )
+        self.in_flight += 1
+        try:
+            decoded = await offload(decode, model, work=work)
+            output = await self.predict_rows(model, decoded.rows, alone=self.in_flight == 1)
+            return await offload(
+                encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
+            )
+        finally:
+            self.in_flight -= 1

@@ -54,7 +54,7 @@ class Runner(Protocol):
     """How a version's rows reach its estimator in this process: alone, or in micro-batches
     with other requests' rows (app.serving.batching). Answers each request's checked output."""
 
-    async def predict(self, rows: Rows) -> ModelOutput: ...
+    async def predict(self, rows: Rows, *, alone: bool = False) -> ModelOutput: ...
 
 
 # Identity: a loaded version is one object, never compared. Not frozen for two fields set by

@@ -228,14 +228,16 @@ def test_with_batching_off_each_request_gets_its_own_call(store: Path) -> None:
         same(result, run(model, rows))
 
 
-def _ran_on_the_loop(batcher: MicroBatcher, rows: Rows) -> tuple[bool, ModelOutput]:
+def _ran_on_the_loop(
+    batcher: MicroBatcher, rows: Rows, *, alone: bool = True
+) -> tuple[bool, ModelOutput]:
     """Whether `predict` ran without yielding to the event loop (inline), and its output: a
     callback scheduled first runs only if the call awaited something (a thread)."""
 
     async def scenario() -> tuple[bool, ModelOutput]:
         others: list[str] = []
         asyncio.get_running_loop().call_soon(others.append, "other")
-        output = await batcher.predict(rows)
+        output = await batcher.predict(rows, alone=alone)
         return not others, output
 
     return asyncio.run(scenario())
@@ -265,3 +267,8 @@ def test_an_idle_batcher_runs_calls_measured_cheap_on_the_event_loop(store: Path
     batcher.small_call_seconds = 1.0  # as measured for an expensive call: a thread
     inline, _ = _ran_on_the_loop(batcher, one_row)
     assert not inline
+
+    batcher.small_call_seconds = 0.0  # cheap, but other requests are in flight: a thread
+    inline, output = _ran_on_the_loop(batcher, one_row, alone=False)
+    assert not inline
+    same(output, run(model, one_row))

@@ -4,6 +4,7 @@ path, batched together, answering what each request gets on its own."""
 import asyncio
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from app.codecs.json_rows import json_reply, json_request
 from app.codecs.uploads import upload_json_reply, upload_request
 from app.codecs.v2.infer import infer_reply, infer_request
 from app.serving.batching import BatchPolicy, MicroBatcher, batching_hook
-from app.serving.dataplane import DataPlane
+from app.serving.dataplane import DataPlane, Decoded
 from app.serving.model import LoadedModel, run
+from app.serving.offload import BLOCKING
 from app.serving.registry import ModelRegistry
 from app.serving.traffic import SESSION_PATTERN
 from tests.app.serving.test_batching import calls
@@ -110,3 +112,44 @@ def test_resolve_pins_routes_by_session_and_hands_out_new_sessions(store: Path) 
     assert versions == {1, 2}
     # A model without a split needs no session.
     assert dataplane.resolve("line").new_session is None
+
+
+def test_a_lone_request_runs_a_cheap_call_on_the_loop_and_concurrent_ones_batch(
+    store: Path,
+) -> None:
+    dataplane = dataplane_of(store)
+    model = dataplane.model("line")
+    assert isinstance(model.runner, MicroBatcher)
+    model.runner.small_call_seconds = 0.0  # as measured for a compiled backend's call
+    body = b'{"instances": [[1.0, 2.0]]}'
+
+    async def lone() -> bool:
+        others: list[str] = []
+        asyncio.get_running_loop().call_soon(others.append, "other")
+        await dataplane.infer(model, json_request(body), json_reply, work=0)
+        return not others  # nothing else ran: the call never left the event loop
+
+    assert asyncio.run(lone())
+    assert dataplane.in_flight == 0
+
+    # Another request in flight (its decoding held in a thread): this one is not alone, so
+    # its call goes to a thread, where concurrent requests batch.
+    release = threading.Event()
+
+    def held(model: LoadedModel) -> Decoded[None]:
+        release.wait(timeout=30)
+        return json_request(body)(model)
+
+    async def beside_another() -> bool:
+        other = asyncio.create_task(dataplane.infer(model, held, json_reply, work=BLOCKING))
+        await asyncio.sleep(0)  # one turn: the other request is now inside infer, decoding
+        assert dataplane.in_flight == 1
+        others: list[str] = []
+        asyncio.get_running_loop().call_soon(others.append, "other")
+        await dataplane.infer(model, json_request(body), json_reply, work=0)
+        release.set()
+        await other
+        return not others
+
+    assert not asyncio.run(beside_another())
+    assert dataplane.in_flight == 0

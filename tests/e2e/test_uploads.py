@@ -178,7 +178,7 @@ def test_iris_form_page(server: Server) -> None:
     assert [f["action"] for f in form.forms] == ["/models/iris/predict/form"]
     assert form.urls == ["/models/iris/predict/form"]
     assert submitted.status_code == 200, submitted.text
-    assert len(submitted.json()["top"]) == 3
+    assert len(submitted.json()["predictions"][0]["top"]) == 3
 
 
 # -- canary cookies across the two workers ----------------------------------------------------

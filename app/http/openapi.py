@@ -19,20 +19,14 @@ from app.serving.registry import ModelRegistry
 from schemas.forms import FormOptions
 from schemas.v2 import InferenceRequest, RequestInput, RequestOutput
 
-PREDICT_PATH = paths.PREDICT
-VERSION_PREDICT_PATH = paths.VERSION_PREDICT
-FILE_PATH = paths.PREDICT_FILE
-FORM_PATH = paths.PREDICT_FORM
-INFER_PATH = paths.INFER
-VERSION_INFER_PATH = paths.VERSION_INFER
 # The templated prediction routes: served, but documented per model instead (build_openapi).
 TEMPLATED_PATHS = (
-    PREDICT_PATH,
-    VERSION_PREDICT_PATH,
-    FILE_PATH,
-    FORM_PATH,
-    INFER_PATH,
-    VERSION_INFER_PATH,
+    paths.PREDICT,
+    paths.VERSION_PREDICT,
+    paths.PREDICT_FILE,
+    paths.PREDICT_FORM,
+    paths.INFER,
+    paths.VERSION_INFER,
 )
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -74,7 +68,7 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
     pinned-version and v2 `infer` siblings) answer for any model, but no single schema is true
     of every model's rows; so they are replaced here by one operation per served model (and per
     version where the path pins one), each with that model's own request schema. The templated
-    routes keep working; they are just not documented as such (README, "The API").
+    routes keep working; they are just not documented as such (docs/api.md).
     """
     document = get_openapi(
         title=app.title,
@@ -87,11 +81,11 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
     if app.state.settings.api_key is None:
         _drop_api_key_scheme(document)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    paths = document["paths"]
+    documented = document["paths"]
     templates = {
-        path: paths.pop(path)["post"]
+        path: documented.pop(path)["post"]
         for path in TEMPLATED_PATHS
-        if "post" in paths.get(path, {}) and len(paths[path]) == 1
+        if "post" in documented.get(path, {}) and len(documented[path]) == 1
     }
     for entry in sorted(registry.entries(), key=lambda e: e.name):
         if entry.default_version is None:
@@ -102,25 +96,25 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
         typed = _TypedOperations(templates, tag, schemas)
         concrete = {path: path.replace("{model_name}", entry.name) for path in templates}
         operations: dict[str, dict[str, Any]] = {
-            PREDICT_PATH: typed.predict(default, pinned=False),
-            FILE_PATH: typed.file(default),
-            INFER_PATH: typed.infer(default, pinned=False),
+            paths.PREDICT: typed.predict(default, pinned=False),
+            paths.PREDICT_FILE: typed.file(default),
+            paths.INFER: typed.infer(default, pinned=False),
         }
         if default.card.input_kind == "tabular":
-            operations[FORM_PATH] = typed.form(default)
+            operations[paths.PREDICT_FORM] = typed.form(default)
         for template, operation in operations.items():
             if operation:
-                paths[concrete[template]] = {"post": operation}
+                documented[concrete[template]] = {"post": operation}
         for version, model in sorted(entry.versions.items()):
             pinned = {
-                VERSION_PREDICT_PATH: typed.predict(model, pinned=True),
-                VERSION_INFER_PATH: typed.infer(model, pinned=True),
+                paths.VERSION_PREDICT: typed.predict(model, pinned=True),
+                paths.VERSION_INFER: typed.infer(model, pinned=True),
             }
             for template, operation in pinned.items():
                 if operation:
                     path = concrete[template].replace("{version}", str(version))
-                    paths[path] = {"post": operation}
-    _drop_unused_body(templates.get(FILE_PATH), schemas)
+                    documented[path] = {"post": operation}
+    _drop_unused_body(templates.get(paths.PREDICT_FILE), schemas)
     return document
 
 
@@ -174,11 +168,11 @@ class _TypedOperations:
         return operation
 
     def _versioned(
-        self, model: LoadedModel, *, pinned: bool, paths: tuple[str, str], verb: str
+        self, model: LoadedModel, *, pinned: bool, templates: tuple[str, str], verb: str
     ) -> dict[str, Any]:
-        """The copy of the default route's operation (`paths[0]`) or the pinned-version route's
-        (`paths[1]`), named and summarised for `model`."""
-        default_path, pinned_path = paths
+        """The copy of the default route's operation (`templates[0]`) or the pinned-version
+        route's (`templates[1]`), named and summarised for `model`."""
+        default_path, pinned_path = templates
         if pinned:
             return self._from(
                 pinned_path,
@@ -192,7 +186,7 @@ class _TypedOperations:
     def predict(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
         """JSON rows: the default version's operation, or a pinned version's."""
         operation = self._versioned(
-            model, pinned=pinned, paths=(PREDICT_PATH, VERSION_PREDICT_PATH), verb="predict"
+            model, pinned=pinned, templates=(paths.PREDICT, paths.VERSION_PREDICT), verb="predict"
         )
         if not operation:
             return operation
@@ -218,7 +212,7 @@ class _TypedOperations:
     def file(self, model: LoadedModel) -> dict[str, Any]:
         """An uploaded CSV (tabular models) or PNG/JPEG (image models)."""
         operation = self._from(
-            FILE_PATH,
+            paths.PREDICT_FILE,
             f"model-{model.name}-predict-file",
             f"Predict with {model.name} from an uploaded file",
         )
@@ -253,7 +247,7 @@ class _TypedOperations:
         with the card's example so "Try it out" works as is. Needs `predict` to have added the
         model's schemas first."""
         operation = self._from(
-            FORM_PATH,
+            paths.PREDICT_FORM,
             f"model-{model.name}-predict-form",
             f"Predict with {model.name} from form fields",
         )
@@ -290,7 +284,7 @@ class _TypedOperations:
         """Open Inference Protocol inference, with what this model takes: its datatypes, at
         most one input per feature, shapes of one or two dimensions, its outputs."""
         operation = self._versioned(
-            model, pinned=pinned, paths=(INFER_PATH, VERSION_INFER_PATH), verb="infer"
+            model, pinned=pinned, templates=(paths.INFER, paths.VERSION_INFER), verb="infer"
         )
         if not operation:
             return operation

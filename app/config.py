@@ -61,6 +61,17 @@ class Settings(BaseSettings):
         default=True,
         description="Micro-batching on (concurrent requests to one model version share estimator calls).",
     )
+    request_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        le=86_400,
+        description="Seconds a prediction request may take, from its arrival to its reply, when it names no X-Request-Timeout; also the most a client's X-Request-Timeout may ask for. Past it the request is answered 504 (its rows dropped if still queued). 0: no default deadline and no cap.",
+    )
+    queue_max_rows: int = Field(
+        default=10_000,
+        ge=1,
+        description="Admission control: most rows waiting for one model version's estimator in one worker; a request that would pass it is refused with 429 and Retry-After (a request larger than this is still admitted into an empty queue).",
+    )
     backend: Literal["auto", "sklearn"] = Field(
         default="auto",
         description="auto: each model version is served by a fast evaluator where one equals scikit-learn bit for bit on the parity check at load (else by scikit-learn); sklearn: always scikit-learn.",

@@ -72,6 +72,40 @@ class UnsupportedMediaType(ServiceError):
     status_code = 415
 
 
+class InvalidTimeout(ServiceError):
+    """A request timeout (the X-Request-Timeout header, the v2 `timeout` parameter) that is not
+    a positive number."""
+
+    status_code = 400
+
+
+class Overloaded(ServiceError):
+    """Refused at once: the model version's queue is full, or the wait it predicts would outlast
+    the request's deadline. `retry_after` (whole seconds, at least 1) is when to try again."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, reason: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.reason = reason  # "queue_full" or "deadline_unreachable"
+        self.retry_after = max(1, retry_after)
+        self.headers = {"Retry-After": str(self.retry_after)}
+
+
+class DeadlineExceeded(ServiceError):
+    """The request's deadline passed before its reply was ready: answered at the deadline, and
+    its rows never reached the estimator if they were still waiting then."""
+
+    status_code = 504
+
+
+class ClientGone(ServiceError):
+    """The client disconnected while its rows waited: they were dropped before the estimator.
+    Nobody reads the reply; 499 (nginx's "client closed request") is what the access log shows."""
+
+    status_code = 499
+
+
 class InferenceError(ServiceError):
     """The model itself failed on input that passed validation: a server-side fault."""
 

@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_rows=settings.batch_max_rows,
                     max_wait=settings.batch_max_wait_ms / 1000,
                     enabled=settings.batching,
+                    max_queue_rows=settings.queue_max_rows,
                 )
             ),
         ],

@@ -66,6 +66,35 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384),
 )
+# Overload: admission control and deadlines (app.serving.batching). "livesum": rows waiting in
+# every live worker, summed.
+QUEUE_ROWS = Gauge(
+    "modelport_queue_rows",
+    "Rows waiting for the version's estimator (queued behind a running call).",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "modelport_queue_wait_seconds",
+    "Time a request's rows waited before the estimator took them (0 for a request that found it idle).",
+    ["model", "version"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REFUSED = Counter(
+    "modelport_refused_total",
+    "Requests refused at once with 429: reason queue_full or deadline_unreachable.",
+    ["model", "version", "reason"],
+)
+DEADLINE_EXPIRED = Counter(
+    "modelport_deadline_expired_total",
+    "Requests answered 504 because their deadline passed (rows still queued then never reach the estimator).",
+    ["model", "version"],
+)
+DISCONNECTED = Counter(
+    "modelport_disconnected_total",
+    "Requests whose client disconnected while their rows waited: dropped before the estimator.",
+    ["model", "version"],
+)
 # "max": one value per model across workers (they load the same store).
 MODEL_LOADED = Gauge(
     "modelport_model_loaded", "1 when the version is serving, 0 when it was refused.", ["model", "version"],
@@ -99,14 +128,16 @@ class TurnMetrics:
 
     Each update of a multiprocess metric is a locked write into a shared file (~3 µs for a
     counter, ~5 µs for a histogram here, five or so per request). Under load a worker answers
-    many requests per turn: gathered, a counter's increments of one turn become one write, and a
-    histogram's observations one write to its sum plus one per bucket they fall in. Updates made
+    many requests per turn: gathered, a counter's increments of one turn become one write, a
+    histogram's observations one write to its sum plus one per bucket they fall in, and a
+    gauge's settings one write of the last. Updates made
     off an event loop (estimator threads) are written at once.
     """
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}
         self._observations: dict[Any, list[float]] = {}
+        self._levels: dict[Any, float] = {}
         self._scheduled = False
         self._lock = threading.Lock()
 
@@ -120,6 +151,12 @@ class TurnMetrics:
         """`histogram` is a labelled child (`HISTOGRAM.labels(...)`)."""
         with self._lock:
             self._observations.setdefault(histogram, []).append(value)
+        self._soon()
+
+    def set(self, gauge: Any, value: float) -> None:
+        """`gauge` is a labelled child; the turn's last value is the one written."""
+        with self._lock:
+            self._levels[gauge] = value
         self._soon()
 
     def _soon(self) -> None:
@@ -137,8 +174,11 @@ class TurnMetrics:
             self._scheduled = False
             counts, self._counts = self._counts, {}
             observations, self._observations = self._observations, {}
+            levels, self._levels = self._levels, {}
         for counter, amount in counts.items():
             counter.inc(amount)
+        for gauge, value in levels.items():
+            gauge.set(value)
         for histogram, values_ in observations.items():
             observe_all(histogram, values_)
 

@@ -4,7 +4,8 @@ from fastapi.responses import HTMLResponse
 from app.codecs.forms import OPTION_FIELDS, form_reply, form_request
 from app.errors import UnsupportedMediaType
 from app.http import paths
-from app.http.dependencies import ApiKeyGuard, DataPlaneDep, ModelDep
+from app.http.deadlines import TIMEOUT_PARAMETER, disconnect_probe, request_deadline
+from app.http.dependencies import ApiKeyGuard, DataPlaneDep, ModelDep, settings_of
 from app.http.form_page import render_form_page
 from schemas.errors import error_responses
 from schemas.forms import FormPredictionResponse
@@ -14,31 +15,34 @@ router = APIRouter(tags=["predict"])
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 # Each model's own form fields are generated from its card and shown under the model's tag;
 # this generic operation accepts any fields, validated against the model's card.
-_REQUEST_BODY = {
+_OPERATION_EXTRA = {
     "requestBody": {
         "required": True,
         "content": {
             media: {"schema": {"type": "object", "additionalProperties": {"type": "string"}}}
             for media in _FORM_TYPES
         },
-    }
+    },
+    "parameters": [TIMEOUT_PARAMETER],
 }
 
 
 @router.post(
     paths.PREDICT_FORM,
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra=_OPERATION_EXTRA,
     dependencies=[ApiKeyGuard],
     responses=error_responses(
         {
             401: "An API key is configured and the request lacks it.",
-            400: "The form cannot be parsed (or it carries a file).",
+            400: "The form cannot be parsed (or it carries a file), or X-Request-Timeout is not a positive number.",
             404: "Unknown model.",
             413: "Form over the upload limit.",
             415: "Not a form (urlencoded or multipart).",
             422: "Fields fail the model's schema, or a feature is missing.",
+            429: "Refused at once: the model's queue is full, or its predicted wait outlasts the request's deadline. Retry after Retry-After seconds.",
             500: "The model failed on valid input.",
             503: "Model could not be loaded.",
+            504: "The request's deadline passed before its reply was ready.",
         }
     ),
 )
@@ -51,11 +55,20 @@ async def predict_form(
         raise UnsupportedMediaType(
             "Send a form (application/x-www-form-urlencoded or multipart/form-data)"
         )
+    deadline = request_deadline(request.scope, settings_of(request))
+    dataplane.admit(model, deadline)  # before the form is read
     limit = len(model.inputs.feature_names) + len(OPTION_FIELDS) + 1
     async with request.form(max_files=0, max_fields=limit, max_part_size=64 * 1024) as form:
         fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
     # One row: decoded and encoded on the event loop, cheaper than a thread hop.
-    return await dataplane.infer(model, form_request(fields), form_reply, work=0)
+    return await dataplane.infer(
+        model,
+        form_request(fields),
+        form_reply,
+        work=0,
+        deadline=deadline,
+        gone=disconnect_probe(request.receive),
+    )
 
 
 @router.get(

@@ -17,10 +17,18 @@ from app.codecs.v2.metadata import model_metadata
 from app.codecs.v2.protocol import HEADER_LENGTH
 from app.errors import ModelUnavailable
 from app.http import paths
-from app.http.dependencies import ApiKeyGuard, DataPlaneDep, ModelName, ModelVersion
+from app.http.deadlines import TIMEOUT_PARAMETER, disconnect_probe, request_deadline
+from app.http.dependencies import (
+    ApiKeyGuard,
+    DataPlaneDep,
+    ModelName,
+    ModelVersion,
+    settings_of,
+)
 from app.http.v2_errors import OipFallbackRoute, OipRoute
 from app.serving.dataplane import DataPlane
 from app.serving.model import LoadedModel
+from schemas.errors import RETRY_AFTER
 from schemas.v2 import (
     InferenceResponse,
     LiveStatus,
@@ -39,7 +47,7 @@ router = APIRouter(
         "4XX": {"model": V2Error, "description": 'Client error: `{"error": "<message>"}`.'},
         400: {
             "model": V2Error,
-            "description": "Malformed request or tensors, or more rows than the limit.",
+            "description": "Malformed request or tensors, more rows than the limit, or a timeout (X-Request-Timeout, `parameters.timeout`) that is not a positive number.",
         },
         401: {
             "model": V2Error,
@@ -50,6 +58,18 @@ router = APIRouter(
         503: {"model": V2Error, "description": "Not ready, or the model could not be loaded."},
     },
 )
+# The inference operations' overload answers (the metadata routes never give them).
+_OVERLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": V2Error,
+        "description": "Refused at once: the model's queue is full, or its predicted wait outlasts the request's deadline. Retry after Retry-After seconds.",
+        "headers": RETRY_AFTER,
+    },
+    504: {
+        "model": V2Error,
+        "description": "The request's deadline passed before its reply was ready.",
+    },
+}
 
 SERVER_VERSION = "0.1.0"
 
@@ -126,14 +146,16 @@ _INFER_BODY: dict[str, Any] = {
             "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
+    "parameters": [TIMEOUT_PARAMETER],
 }
 _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": InferenceResponse,
         "description": "Outputs `predict` and (classifiers) `predict_proba`; binary when the request asks.",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
+    },
+    **_OVERLOAD_RESPONSES,
 }
 HeaderLength = Annotated[
     str | None,
@@ -147,9 +169,16 @@ HeaderLength = Annotated[
 async def _infer(
     dataplane: DataPlane, model: LoadedModel, request: Request, header_length: str | None
 ) -> Response:
+    deadline = request_deadline(request.scope, settings_of(request))
+    dataplane.admit(model, deadline)  # before the body is read
     body = await request.body()
     content, headers = await dataplane.infer(
-        model, infer_request(body, header_length), infer_reply, work=len(body)
+        model,
+        infer_request(body, header_length),
+        infer_reply,
+        work=len(body),
+        deadline=deadline,
+        gone=disconnect_probe(request.receive),
     )
     return Response(content=content, headers={**headers, "X-Model-Version": str(model.version)})
 

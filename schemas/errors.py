@@ -39,8 +39,24 @@ _EXAMPLES: dict[int, tuple[str, Any]] = {
             }
         ],
     ),
+    429: (
+        "Overloaded",
+        "Model iris v1 cannot answer within the request's deadline: the predicted wait is 0.240 s and 0.100 s remain; retry after 1 s",
+    ),
     500: ("InferenceError", "Model iris v1 failed: ValueError: ..."),
     503: ("ModelUnavailable", "Model 'iris' version 2 is unavailable: SHA-256 mismatch: ..."),
+    504: (
+        "DeadlineExceeded",
+        "Model iris v1: the request's deadline passed after 0.100 s, before its rows reached the estimator",
+    ),
+}
+
+# The header every 429 carries (both envelopes).
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Whole seconds to wait before retrying (at least 1).",
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 
 
@@ -57,6 +73,7 @@ def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, A
                     "example": {"error": _EXAMPLES[status][0], "detail": _EXAMPLES[status][1]},
                 }
             },
+            **({"headers": RETRY_AFTER} if status == 429 else {}),
         }
         for status, description in descriptions.items()
     }

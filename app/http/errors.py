@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Scope
 
-from app.errors import InvalidInput, ServiceError, clean_errors
+from app.errors import DeadlineExceeded, InvalidInput, ServiceError, clean_errors
 
 logger = logging.getLogger("modelport")
 
@@ -48,7 +48,9 @@ def _kind_for_status(status_code: int) -> str:
 
 async def _service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    if exc.status_code >= 500:
+    # A passed deadline is the client's limit doing its job, not a fault: counted
+    # (modelport_deadline_expired_total), not logged, or an overload would flood the log.
+    if exc.status_code >= 500 and not isinstance(exc, DeadlineExceeded):
         logger.error(
             "%s on %s %s: %s",
             exc.kind,

@@ -4,16 +4,19 @@ gunicorn's own `limit_request_*` settings and timeouts do not reach uvicorn (uvi
 not pass them on), and uvicorn's httptools protocol has neither size limits for a request's head
 nor a deadline for receiving it: a client could send one 100 KB header, or trickle a header byte
 a second and hold a connection forever. This protocol refuses oversized heads with a 400 and
-closes connections whose head has not arrived within `MODELPORT_HEADER_TIMEOUT` seconds.
+closes connections whose head has not arrived within `MODELPORT_HEADER_TIMEOUT` seconds. It also
+records when each request's head was parsed, where its deadline starts.
 """
 
 import asyncio
+import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from app.config import get_settings
+from app.serving.deadline import ARRIVED
 
 MAX_REQUEST_LINE = 8190  # the same limits gunicorn applies to its own workers
 MAX_HEADER_FIELDS = 100
@@ -71,6 +74,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_pending = False
         self._disarm_head_deadline()
+        # The request's deadline counts from here (app.serving.deadline), not from when the
+        # event loop first runs its task.
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope[ARRIVED] = time.monotonic()
         super().on_headers_complete()
 
     def _arm_head_deadline(self) -> None:

@@ -4,6 +4,7 @@ Every surface (JSON rows, file uploads, forms, the Open Inference Protocol; gRPC
 explanations next) calls this object, and owns only its wire format and its error envelope:
 
     resolve the version (pinned, default, canary session)  ->  `resolve` / `model`
+    refuse what cannot be served in time (429)              ->  `admit`
     decode and validate (the surface's codec)               ->  `infer(decode=...)`
     batch, predict, check                                    ->  `predict_rows`
     encode (the surface's codec)                             ->  `infer(encode=...)`
@@ -11,6 +12,8 @@ explanations next) calls this object, and owns only its wire format and its erro
 Decoders and encoders come from the surface (app.codecs): the data plane decides where they
 run (on the event loop when tiny, else in a thread) and runs the rows through the version's
 runner (its micro-batcher), so every surface gets the same validation, batching and checks.
+A surface passes its protocol's deadline as a `Deadline` (app.serving.deadline) and, where it
+can tell, a `gone()` saying whether its client has disconnected.
 Free of FastAPI, like everything below the HTTP layer.
 """
 
@@ -18,8 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from app.errors import DeadlineExceeded
+from app.metrics import TURN_METRICS
+from app.serving.deadline import Deadline, tightened
 from app.serving.model import LoadedModel, ModelOutput, run
-from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
+from app.serving.offload import REPLY_BYTES_PER_ROW, bounded, in_thread, offload
 from app.serving.registry import ModelRegistry
 from app.serving.schema import Rows
 from app.serving.traffic import Routed, route
@@ -36,6 +42,9 @@ class Decoded(Generic[Context]):
 
     rows: Rows
     context: Context
+    # Seconds the request's own body allows it (the Open Inference Protocol's `timeout`
+    # parameter), counted from its arrival: tightens its deadline, never extends it.
+    timeout: float | None = None
 
 
 class DataPlane:
@@ -64,16 +73,32 @@ class DataPlane:
     def ready(self) -> bool:
         return self.registry.ready
 
+    # -- admit ---------------------------------------------------------------------------------
+    def admit(self, model: LoadedModel, deadline: Deadline | None) -> None:
+        """Refuse at once (`Overloaded`, 429) a request the version cannot take now: its queue
+        is full, or the wait it predicts outlasts `deadline`. Call it before reading the body;
+        `infer` checks again once the rows are known."""
+        if model.runner is not None:
+            model.runner.admit(0, deadline)
+
     # -- predict -------------------------------------------------------------------------------
     async def predict_rows(
-        self, model: LoadedModel, rows: Rows, *, alone: bool = False
+        self,
+        model: LoadedModel,
+        rows: Rows,
+        *,
+        alone: bool = False,
+        deadline: Deadline | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> ModelOutput:
         """Validated rows through the version's runner (batched with concurrent requests from
         every surface), each request's output checked (finite, one answer per row). `alone`:
-        no other request is in flight in this worker."""
+        no other request is in flight in this worker. `deadline`: `DeadlineExceeded` once it
+        passes (rows still queued never reach the estimator); `gone()`: whether the client has
+        disconnected (its queued rows are then dropped)."""
         if model.runner is None:  # loaded without hooks: alone, in a thread
-            return await in_thread(run, model, rows)
-        return await model.runner.predict(rows, alone=alone)
+            return await bounded(in_thread(run, model, rows), deadline)
+        return await model.runner.predict(rows, alone=alone, deadline=deadline, gone=gone)
 
     async def infer(
         self,
@@ -82,16 +107,45 @@ class DataPlane:
         encode: Callable[[LoadedModel, ModelOutput, Context], Reply],
         *,
         work: int,
+        deadline: Deadline | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> Reply:
         """One request end to end. `work` is the request's size in bytes (or `BLOCKING` for a
         decoder that may block on I/O): small requests are decoded and encoded on the event
-        loop, which is cheaper than a thread hop; large ones in a thread."""
+        loop, which is cheaper than a thread hop; large ones in a thread.
+
+        `deadline` bounds all of it: no reply is returned after it (`DeadlineExceeded`, 504);
+        the body's own timeout (`Decoded.timeout`) may tighten it. `gone()` says whether the
+        client has disconnected."""
         self.in_flight += 1
         try:
-            decoded = await offload(decode, model, work=work)
-            output = await self.predict_rows(model, decoded.rows, alone=self.in_flight == 1)
-            return await offload(
-                encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
+            decoded = await offload(decode, model, work=work, deadline=deadline)
+            if decoded.timeout is not None:
+                deadline = tightened(deadline, decoded.timeout)
+            if deadline is not None and deadline.expired():
+                raise DeadlineExceeded(
+                    f"The request's deadline passed after {deadline.elapsed():.3f} s, "
+                    "before its rows were predicted"
+                )
+            output = await self.predict_rows(
+                model, decoded.rows, alone=self.in_flight == 1, deadline=deadline, gone=gone
             )
+            reply = await offload(
+                encode,
+                model,
+                output,
+                decoded.context,
+                work=len(output) * REPLY_BYTES_PER_ROW,
+                deadline=deadline,
+            )
+            if deadline is not None and deadline.expired():
+                raise DeadlineExceeded(
+                    f"The request's deadline passed after {deadline.elapsed():.3f} s, "
+                    "as its reply was written"
+                )
+            return reply
+        except DeadlineExceeded:
+            TURN_METRICS.inc(model.queue_metrics.expired)
+            raise
         finally:
             self.in_flight -= 1

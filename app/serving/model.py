@@ -7,6 +7,7 @@ same everywhere. Free of FastAPI.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -18,7 +19,9 @@ from sklearn.tree import DecisionTreeClassifier
 
 from app.errors import InferenceError, InvalidInput
 from app.metrics import BATCH_SIZE, PREDICTED_ROWS, PREDICTIONS, TURN_METRICS
+from app.serving.admission import QueueMetrics
 from app.serving.backends import Evaluator
+from app.serving.deadline import Deadline
 from app.serving.schema import InputSchema, Rows
 from schemas.cards import ModelCard
 from schemas.predict import PredictionResponse
@@ -52,9 +55,21 @@ SKLEARN = Backend("sklearn", reason="not chosen at load")
 
 class Runner(Protocol):
     """How a version's rows reach its estimator in this process: alone, or in micro-batches
-    with other requests' rows (app.serving.batching). Answers each request's checked output."""
+    with other requests' rows (app.serving.batching). Answers each request's checked output,
+    `DeadlineExceeded` once `deadline` passes, `ClientGone` when `gone()` says the client left
+    while the rows waited; `admit` refuses (`Overloaded`) a request that cannot be served in
+    time, before its body is read (`rows` 0) or with its rows."""
 
-    async def predict(self, rows: Rows, *, alone: bool = False) -> ModelOutput: ...
+    async def predict(
+        self,
+        rows: Rows,
+        *,
+        alone: bool = False,
+        deadline: Deadline | None = None,
+        gone: Callable[[], bool] | None = None,
+    ) -> ModelOutput: ...
+
+    def admit(self, rows: int, deadline: Deadline | None) -> None: ...
 
 
 # Identity: a loaded version is one object, never compared. Not frozen for two fields set by
@@ -96,6 +111,11 @@ class LoadedModel:
             PREDICTED_ROWS.labels(*labels),
             BATCH_SIZE.labels(*labels),
         )
+
+    @cached_property
+    def queue_metrics(self) -> QueueMetrics:
+        """This version's admission and deadline metrics."""
+        return QueueMetrics(self.name, self.version)
 
     @cached_property
     def class_keys(self) -> list[str]:

@@ -134,8 +134,11 @@ def test_each_model_has_its_own_predict_operation(client: TestClient) -> None:
         operation = document["paths"][f"/models/{name}/predict"]["post"]
         assert operation["tags"] == [f"model: {name}"]
         assert f"model: {name}" in tag_names
-        # The model name is part of the path; only the canary session cookie remains.
-        assert [p["name"] for p in operation.get("parameters", [])] == ["modelport_session"]
+        # The model name is part of the path; the canary session cookie and the timeout remain.
+        assert [p["name"] for p in operation.get("parameters", [])] == [
+            "modelport_session",
+            "X-Request-Timeout",
+        ]
         card = client.get(f"/models/{name}").json()["card"]
         record = record_component(document, operation)
         assert list(record["properties"]) == [feature["name"] for feature in card["features"]]

@@ -1,11 +1,13 @@
 """An Open Inference Protocol `infer` call as the data plane sees it: a decoder (header, then
-tensors to validated rows) and an encoder (outputs, JSON or binary as the request asked)."""
+tensors to validated rows, and the request's `timeout` parameter) and an encoder (outputs, JSON
+or binary as the request asked)."""
 
 from collections.abc import Callable
 
 from app.codecs.v2.header import parse_request
 from app.codecs.v2.response import response_body
 from app.codecs.v2.tensors import request_rows
+from app.errors import BadTensor
 from app.serving.dataplane import Decoded
 from app.serving.model import LoadedModel, ModelOutput
 from schemas.v2 import InferenceRequest
@@ -18,9 +20,25 @@ def infer_request(
 
     def decode(model: LoadedModel) -> Decoded[InferenceRequest]:
         request, tail = parse_request(body, header_length)
-        return Decoded(request_rows(model, request, tail), request)
+        return Decoded(request_rows(model, request, tail), request, timeout_of(request))
 
     return decode
+
+
+def timeout_of(request: InferenceRequest) -> float | None:
+    """The request's `timeout` parameter in seconds, as Triton reads it (its schedule-policy
+    extension): a whole number of microseconds, 0 (or absent) for none. It tightens the
+    request's deadline, never extends it."""
+    value = (request.parameters or {}).get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadTensor(
+            f"parameters.timeout must be a whole number of microseconds (0 for none), not {value!r}"[
+                :200
+            ]
+        )
+    return value / 1e6 if value else None
 
 
 def infer_reply(

@@ -1,6 +1,7 @@
 """`python -m benchmarks`: run the benchmark, print the markdown table, write JSON, markdown and
 a PNG chart. `make bench` runs the full benchmark (~20 minutes: six throughput scenarios of five
-configurations, five rounds each), `make bench-quick` the quick mode, which proves the harness
+configurations, five rounds each, then bulk, memory and the overload scenario of
+benchmarks/overload.py), `make bench-quick` the quick mode, which proves the harness
 works end to end in about two minutes and writes to a temporary directory instead of
 `benchmarks/results/`.
 
@@ -29,6 +30,7 @@ import httpx
 from benchmarks.bulk import BulkResult, run_bulk
 from benchmarks.load import LoadError, wrk_version
 from benchmarks.memory import FULL_FOREST, QUICK_FOREST, ForestSpec, MemoryResult, run_memory
+from benchmarks.overload import OverloadResult, run_overload
 from benchmarks.report import BenchReport, to_markdown, write_report
 from benchmarks.servers import (
     BARE_ASGI,
@@ -54,7 +56,7 @@ from benchmarks.throughput import (
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("throughput", "bulk", "memory")
+SECTIONS = ("throughput", "bulk", "memory", "overload")
 # The order each round runs them in.
 CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
 BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
@@ -290,7 +292,7 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         # Other work on the machine is noise the min–max columns show; this says how much ran.
         "load_average_at_start": [round(value, 2) for value in _load_average()],
     }
-    if store is None and {"throughput", "bulk"} & set(plan.sections):
+    if store is None and {"throughput", "bulk", "overload"} & set(plan.sections):
         store = build_store(work_dir)
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
@@ -303,10 +305,24 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         memory = run_memory(
             plan.forest, cache_dir=cache_dir, work_dir=work_dir, cpu=plan.server_cpu
         )
+    overload: OverloadResult | None = None
+    if "overload" in plan.sections and store is not None:
+        overload = run_overload(
+            store,
+            work_dir=work_dir,
+            quick=plan.mode == "quick",
+            server_cpu=plan.server_cpu,
+            client_cpu=plan.client_cpu,
+        )
     meta["load_average_at_end"] = [round(value, 2) for value in _load_average()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     return BenchReport(
-        meta=meta, throughput=throughput, bulk=bulk, memory=memory, backends=backends
+        meta=meta,
+        throughput=throughput,
+        bulk=bulk,
+        memory=memory,
+        backends=backends,
+        overload=overload,
     )
 
 

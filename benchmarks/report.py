@@ -14,6 +14,7 @@ from typing import Any
 from benchmarks.bulk import BulkResult
 from benchmarks.chart import CHART_LABELS, draw_chart, ms, rate
 from benchmarks.memory import MemoryResult
+from benchmarks.overload import OverloadResult, overload_markdown
 from benchmarks.stats import Spread, TargetCheck
 from benchmarks.store import ModelBackend
 from benchmarks.targets import ISSUE
@@ -36,6 +37,8 @@ class BenchReport:
     memory: MemoryResult | None
     # The backend of each benchmarked model's default version, as modelport reported it.
     backends: list[ModelBackend] = dataclasses.field(default_factory=list)
+    # Issue 18's overload scenario (its targets are its own, not among issue 16's).
+    overload: OverloadResult | None = None
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -292,6 +295,8 @@ def to_markdown(report: BenchReport) -> str:
     if checks:
         met = sum(check.met for check in checks)
         lines += [f"**Targets met: {met} of {len(checks)}.**", ""]
+    if report.overload is not None:  # after issue 16's count: its targets are issue 18's
+        lines += overload_markdown(report.overload)
     return "\n".join(lines)
 
 

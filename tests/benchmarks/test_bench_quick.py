@@ -170,3 +170,29 @@ def test_table_and_chart_written(quick_run: tuple[Path, dict[str, Any]]) -> None
     assert "Targets met:" in markdown
     assert (output / "latest.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not list(output.glob("*.tmp"))
+
+
+def test_overload_scenario_ran(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    output, results = quick_run
+    overload = results["overload"]
+    saturating = overload["saturation_connections"]
+    assert overload["model"] == "breast-cancer"
+    assert saturating in [step["connections"] for step in overload["steps"]]
+    for key in ("saturation", "overload", "storm"):
+        view = overload[key]
+        assert view["requests"] > 0 and view["ok"]["count"] > 0, (key, view)
+        # Every reply matched to its request, and only 200, 429 and 504 among them.
+        assert view["unmatched"] == 0 and view["other"] == 0, (key, view)
+        assert view["other_5xx"] == 0 and view["socket_errors"] == 0, (key, view)
+    assert overload["saturation"]["timeout_s"] is None
+    assert overload["overload"]["connections"] == 3 * saturating
+    assert overload["overload"]["timeout_s"] > 0 and overload["overload"]["honours_retry_after"]
+    assert not overload["storm"]["honours_retry_after"]
+    # Checked, whatever the verdict on this machine.
+    assert [check["description"] for check in overload["targets"]] == [
+        "admitted p99 ≤ 2× p99 at saturation",
+        "replies after their deadline",
+        "refusals' p99 ≤ 5 ms",
+        "5xx other than 504",
+    ]
+    assert "### Overload: the breast-cancer forest" in (output / "latest.md").read_text()

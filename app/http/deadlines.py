@@ -16,6 +16,7 @@ header is absent: one pass over the raw header list.
 """
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +24,7 @@ from starlette.types import Receive, Scope
 
 from app.config import Settings
 from app.errors import InvalidTimeout
-from app.serving.deadline import ARRIVED, Deadline
+from app.serving.deadline import ARRIVED, MAX_SECONDS, Deadline
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 _HEADER_KEY = TIMEOUT_HEADER.lower().encode()
@@ -70,7 +71,8 @@ def request_deadline(scope: Scope, settings: Settings) -> Deadline | None:
             break
     if not seconds:
         return None
-    return Deadline.after(seconds, scope.get(ARRIVED))
+    start = scope.get(ARRIVED) or time.monotonic()
+    return Deadline(start, start + min(seconds, MAX_SECONDS))
 
 
 def disconnect_probe(receive: Receive) -> Callable[[], bool] | None:

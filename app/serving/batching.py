@@ -258,7 +258,7 @@ class MicroBatcher:
         self._take_and_start()
 
     def _take_and_start(self) -> None:
-        batch = self._take_batch()
+        batch = self._take_batch() if self._queue else []
         if batch:
             self._start(batch, partial(call_estimator, self.model))
             return

@@ -17,9 +17,10 @@ version, in each worker, has one `MicroBatcher`:
 Overload (docs/api.md, "Deadlines and overload"):
 
 - admission: a request is refused at once (`Overloaded`, 429) when the queue holds
-  `max_queue_rows` rows, or when the wait predicted from the measured drain rate
-  (app.serving.admission) would outlast its deadline — first before its body is read
-  (`admit(0, ...)`), then with its rows;
+  `max_queue_rows` rows, or when its predicted completion would outlast its deadline: the wait
+  for the queue ahead at the measured drain rate (app.serving.admission), plus the time its
+  reply will wait for the event loop (as long, smoothed, as requests now wait for it before
+  their route runs) — first before its body is read (`admit(0, ...)`), then with its rows;
 - deadlines: rows still queued when their request's deadline passes are taken out, never reach
   the estimator, and the request is answered `DeadlineExceeded` (504) then; a request whose rows
   are in the running call is answered 504 at its deadline while the call finishes for the
@@ -60,6 +61,7 @@ from app.serving.schema import Row, Rows
 # scikit-learn's own single-row call (~500 µs of input checks) keeps its thread.
 INLINE_MAX_ROWS = 16
 INLINE_CALL_SECONDS = 0.0003
+_LAG_SMOOTHING = 0.2
 # uvloop's timers count whole milliseconds: a request within this of its deadline when the timer
 # fires is answered then, not a timer turn later.
 TIMER_SLACK = 0.001
@@ -108,6 +110,10 @@ class MicroBatcher:
         self._call_rows = 0
         self._call_started = 0.0
         self.drain = Throughput()
+        # Smoothed seconds from a request's arrival (its deadline's start: the head parsed, under
+        # `modelport serve`) to its route first asking for admission: the event loop's own
+        # queue, which for a cheap, batched model is most of the wait under overload.
+        self.loop_lag = 0.0
         self._sweep: asyncio.TimerHandle | None = None
         self._sweep_at = math.inf
         # Smoothed seconds of one estimator call of at most INLINE_MAX_ROWS rows (unknown
@@ -136,7 +142,10 @@ class MicroBatcher:
             self._refused(queue_full(self._where, queued, limit, drain))
         if deadline is not None:
             now = time.monotonic()
-            wait = self.predicted_wait(rows, now)
+            if not rows:  # first sight of this request: how long it waited for the event loop
+                self.loop_lag += _LAG_SMOOTHING * (now - deadline.start - self.loop_lag)
+            # Its reply will wait for the event loop too, about as long as requests now do.
+            wait = self.predicted_wait(rows, now) + self.loop_lag
             if now + wait > deadline.at:
                 drain = self.predicted_wait(0, now)
                 self._refused(deadline_unreachable(self._where, wait, deadline.at - now, drain))

@@ -43,8 +43,9 @@ lint: $(STAMP)
 test: lint $(KSERVE_STAMP) $(NATIVE)
 	KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(BIN)/pytest
 
-# modelport against the Flask prototype, a naive FastAPI port and two ceilings (needs wrk and two
-# cores; ~20 minutes). Trains its models into a temporary store; writes benchmarks/results/latest.*.
+# modelport against the Flask prototype, a naive FastAPI port and two ceilings, then the overload
+# scenario (needs wrk and two cores; ~21 minutes). Trains its models into a temporary store;
+# writes benchmarks/results/latest.*.
 bench: $(STAMP) $(NATIVE)
 	$(BIN)/python -m benchmarks
 

@@ -1,5 +1,5 @@
 """`python -m benchmarks`: run the benchmark, print the markdown table, write JSON, markdown and
-a PNG chart. `make bench` runs the full benchmark (~20 minutes: six throughput scenarios of five
+a PNG chart. `make bench` runs the full benchmark (~21 minutes: six throughput scenarios of five
 configurations, five rounds each, then bulk, memory and the overload scenario of
 benchmarks/overload.py), `make bench-quick` the quick mode, which proves the harness
 works end to end in about two minutes and writes to a temporary directory instead of

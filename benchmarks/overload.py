@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -105,6 +106,10 @@ class ClientView:
     unmatched: int  # replies without the echoed X-Request-ID (none expected)
     late: int  # replies (any status) received after the request's timeout
     socket_errors: int
+    # The same replies as the server timed them (its access log: from the request reaching the
+    # app to its reply), by status: what the client saw beyond these was the wait before the
+    # server's event loop read the request and ran it.
+    server_latency: dict[str, Latencies] = field(default_factory=dict)
 
     @property
     def ok_per_s(self) -> float:
@@ -135,7 +140,10 @@ def run_overload(
         raise ServerError(f"{store} has no {scenario.model}: the overload scenario needs it")
     body_file = work_dir / "overload-body.json"
     body_file.write_bytes(scenario.body)
-    server = start_server(MODELPORT, store=store, cpu=server_cpu, log_dir=work_dir)
+    access_log = work_dir / "overload-access.log"
+    server = start_server(
+        MODELPORT, store=store, cpu=server_cpu, log_dir=work_dir, access_log=access_log
+    )
     try:
         wait_ready(server, scenario.path, scenario.body)
         wait_workers_settled(server, 1)
@@ -144,13 +152,17 @@ def run_overload(
             run_wrk(target, body_file, connections=16, duration_s=plan.warmup_s, cpu=client_cpu)
         steps, saturating = _ladder(target, body_file, plan, client_cpu)
         wait_idle([server])
+        start = access_log.stat().st_size
         saturation = _client_run(target, body_file, saturating, None, True, plan.run_s, client_cpu)
+        wait_idle([server])
+        saturation = replace(saturation, server_latency=_server_latency(access_log, start))
         timeout = round(max(TIMEOUT_OVER_P99 * saturation.ok.p99_ms / 1000, 0.001), 4)
         load_average = _load_average()
         runs: list[tuple[ClientView, dict[str, float]]] = []
         for honour in (True, False):
             wait_idle([server])
             before = server_counts(server.url, scenario.model)
+            start = access_log.stat().st_size
             view = _client_run(
                 target,
                 body_file,
@@ -161,6 +173,7 @@ def run_overload(
                 client_cpu,
             )
             wait_idle([server])
+            view = replace(view, server_latency=_server_latency(access_log, start))
             after = server_counts(server.url, scenario.model)
             runs.append((view, {key: after[key] - before.get(key, 0.0) for key in after}))
     finally:
@@ -279,6 +292,32 @@ def _client_run(
     return view
 
 
+def _server_latency(access_log: Path, start: int) -> dict[str, Latencies]:
+    """Prediction replies' latency by status, from the access log lines written since `start`
+    (a byte offset)."""
+    with access_log.open("rb") as stream:
+        stream.seek(start)
+        lines = stream.read().splitlines()
+    by_status: dict[str, list[float]] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if str(entry.get("route", "")).endswith("/predict"):
+            by_status.setdefault(str(entry["status"]), []).append(float(entry["latency_ms"]))
+    return {status: _latencies(values) for status, values in sorted(by_status.items())}
+
+
+def _latencies(values: list[float]) -> Latencies:
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:  # nearest rank, as overload.lua takes it
+        return ordered[max(0, math.ceil(len(ordered) * p / 100) - 1)]
+
+    return Latencies(len(ordered), rank(50), rank(99), ordered[-1])
+
+
 _COUNTERS = {
     "refused_queue_full": ("modelport_refused_total", 'reason="queue_full"'),
     "refused_deadline_unreachable": ("modelport_refused_total", 'reason="deadline_unreachable"'),
@@ -322,63 +361,3 @@ def _load_average() -> list[float]:
         return [round(float(v), 2) for v in Path("/proc/loadavg").read_text().split()[:3]]
     except (OSError, ValueError):
         return [round(v, 2) for v in os.getloadavg()]
-
-
-def overload_markdown(result: OverloadResult) -> list[str]:
-    """The scenario's tables for latest.md."""
-    loads = " / ".join(f"{value:.2f}" for value in result.load_average)
-    lines = [
-        f"### Overload: the {result.model} forest at {OVERLOAD_FACTOR}× its saturating "
-        f"concurrency ({ISSUE})",
-        "",
-        "One worker, pinned; single-row requests. Throughput by concurrency (wrk); the "
-        f"saturating concurrency is the smallest reaching {KNEE:.0%} of the highest:",
-        "",
-        "| connections | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {s.connections} | {s.requests_per_s:.0f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
-            f"{s.errors} |"
-            for s in result.steps
-        ),
-        "",
-        f"Saturating concurrency: **{result.saturation_connections}**. Then, timed per request "
-        "on the client (benchmarks/overload.lua): that many connections without a timeout; "
-        f"{OVERLOAD_FACTOR}× as many with `X-Request-Timeout` = {TIMEOUT_OVER_P99:g}× the p99 "
-        "at saturation, first with clients that wait Retry-After when refused (judged), then "
-        "with clients that send again at once (a retry storm, shown for what breaks: nothing "
-        f"should). Load average at the start of the overload runs: {loads}.",
-        "",
-        "| run | connections | timeout | 200/s | 200 p50 / p99 ms | 429: count, p99 ms | "
-        "504: count | other 5xx | late replies | socket errors | server: refused (deadline / "
-        "queue full), expired |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    runs = (
-        ("saturation", result.saturation, None),
-        ("× saturation, Retry-After honoured", result.overload, result.server),
-        ("× saturation, retry storm", result.storm, result.storm_server),
-    )
-    for label, view, server in runs:
-        if label.startswith("×"):
-            label = f"{OVERLOAD_FACTOR}{label}"
-        timeout = "—" if view.timeout_s is None else f"{view.timeout_s * 1000:.1f} ms"
-        counts = "—"
-        if server is not None:
-            counts = (
-                f"{server.get('refused_deadline_unreachable', 0):.0f} / "
-                f"{server.get('refused_queue_full', 0):.0f}, "
-                f"{server.get('deadline_expired', 0):.0f}"
-            )
-        lines.append(
-            f"| {label} | {view.connections} | {timeout} | {view.ok_per_s:.0f} | "
-            f"{view.ok.p50_ms:.2f} / {view.ok.p99_ms:.2f} | {view.refused.count}, "
-            f"{view.refused.p99_ms:.2f} | {view.expired.count} | {view.other_5xx} | "
-            f"{view.late} | {view.socket_errors} | {counts} |"
-        )
-    lines += [
-        "",
-        *(f"- Target ({ISSUE}): {check.render()}" for check in result.targets),
-        "",
-    ]
-    return lines

@@ -14,7 +14,8 @@ from typing import Any
 from benchmarks.bulk import BulkResult
 from benchmarks.chart import CHART_LABELS, draw_chart, ms, rate
 from benchmarks.memory import MemoryResult
-from benchmarks.overload import OverloadResult, overload_markdown
+from benchmarks.overload import OverloadResult
+from benchmarks.overload_report import overload_markdown
 from benchmarks.stats import Spread, TargetCheck
 from benchmarks.store import ModelBackend
 from benchmarks.targets import ISSUE

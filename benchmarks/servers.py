@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,8 +124,10 @@ def start_server(
     cpu: int,
     log_dir: Path,
     workers: int = 1,
+    access_log: Path | None = None,
 ) -> RunningServer:
     """Start `configuration` with `workers` workers, master and workers pinned to `cpu`.
+    `access_log`: where modelport's stdout (its JSON access log) goes; by default nowhere.
 
     Returns once the process is running; call `wait_ready` before sending load.
     """
@@ -153,14 +156,16 @@ def start_server(
         ]  # fmt: skip
         cwd = REPO
     log = log_dir / f"{configuration.key}-{port}.log"
-    with log.open("wb") as sink:
+    with log.open("wb") as sink, ExitStack() as stack:
         # taskset execs the server, so the PID is gunicorn's master; its workers inherit the
-        # pinning. stdout is modelport's JSON access log, which would only fill the disk.
+        # pinning. stdout is modelport's JSON access log, which would only fill the disk unless
+        # asked for.
+        stdout = stack.enter_context(access_log.open("wb")) if access_log else subprocess.DEVNULL
         process = subprocess.Popen(
             ["taskset", "-c", str(cpu), *command],
             cwd=cwd,
             env=env,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=sink,
         )
     logger.info(

@@ -184,6 +184,8 @@ def test_overload_scenario_ran(quick_run: tuple[Path, dict[str, Any]]) -> None:
         # Every reply matched to its request, and only 200, 429 and 504 among them.
         assert view["unmatched"] == 0 and view["other"] == 0, (key, view)
         assert view["other_5xx"] == 0 and view["socket_errors"] == 0, (key, view)
+        # The server's own timing of the same replies, from its access log.
+        assert view["server_latency"]["200"]["count"] > 0, (key, view)
     assert overload["saturation"]["timeout_s"] is None
     assert overload["overload"]["connections"] == 3 * saturating
     assert overload["overload"]["timeout_s"] > 0 and overload["overload"]["honours_retry_after"]

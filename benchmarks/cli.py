@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 
 from benchmarks.bulk import BulkResult, run_bulk
+from benchmarks.grpc_section import GrpcScenarioResult, run_grpc_section
+from benchmarks.h2load import h2load_version
 from benchmarks.load import LoadError, wrk_version
 from benchmarks.memory import FULL_FOREST, QUICK_FOREST, ForestSpec, MemoryResult, run_memory
 from benchmarks.report import BenchReport, to_markdown, write_report
@@ -54,7 +56,7 @@ from benchmarks.throughput import (
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("throughput", "bulk", "memory")
+SECTIONS = ("throughput", "bulk", "memory", "grpc")
 # The order each round runs them in.
 CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
 BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
@@ -161,9 +163,8 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 
 def _machine_problems(plan: Plan) -> list[str]:
-    problems = [
-        f"`{tool}` is not installed" for tool in ("wrk", "taskset") if not shutil.which(tool)
-    ]
+    tools = ["wrk", "taskset"] + (["h2load"] if "grpc" in plan.sections else [])
+    problems = [f"`{tool}` is not installed" for tool in tools if not shutil.which(tool)]
     allowed = os.sched_getaffinity(0)
     for role, cpu in (("server", plan.server_cpu), ("client", plan.client_cpu)):
         if cpu not in allowed:
@@ -280,6 +281,7 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "wrk": wrk_version(),
+        "h2load": h2load_version(),
         "rounds": plan.rounds,
         "duration_s": plan.duration_s,
         "warmup_s": plan.warmup_s,
@@ -290,7 +292,7 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         # Other work on the machine is noise the min–max columns show; this says how much ran.
         "load_average_at_start": [round(value, 2) for value in _load_average()],
     }
-    if store is None and {"throughput", "bulk"} & set(plan.sections):
+    if store is None and {"throughput", "bulk", "grpc"} & set(plan.sections):
         store = build_store(work_dir)
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
@@ -298,6 +300,17 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
     if store is not None:
         throughput, bulk, backends = _run_against_servers(plan, store, work_dir, meta)
     meta["rounds_dropped"] = _rounds_dropped(plan, throughput)
+    grpc: list[GrpcScenarioResult] = []
+    if store is not None and "grpc" in plan.sections:
+        grpc = run_grpc_section(
+            store,
+            rounds=plan.rounds,
+            duration_s=plan.duration_s,
+            warmup_s=plan.warmup_s,
+            server_cpu=plan.server_cpu,
+            client_cpu=plan.client_cpu,
+            work_dir=work_dir,
+        )
     memory: MemoryResult | None = None
     if "memory" in plan.sections:
         memory = run_memory(
@@ -306,7 +319,7 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
     meta["load_average_at_end"] = [round(value, 2) for value in _load_average()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     return BenchReport(
-        meta=meta, throughput=throughput, bulk=bulk, memory=memory, backends=backends
+        meta=meta, throughput=throughput, bulk=bulk, memory=memory, backends=backends, grpc=grpc
     )
 
 

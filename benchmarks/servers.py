@@ -123,8 +123,10 @@ def start_server(
     cpu: int,
     log_dir: Path,
     workers: int = 1,
+    extra_env: dict[str, str] | None = None,
 ) -> RunningServer:
-    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`.
+    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`, with
+    `extra_env` (e.g. modelport settings) on top of the clean environment.
 
     Returns once the process is running; call `wait_ready` before sending load.
     """
@@ -136,6 +138,9 @@ def start_server(
             "MODELPORT_PORT": str(port),
             "MODELPORT_WORKERS": str(workers),
             "MODELPORT_PID_FILE": str(log_dir / f"modelport-{port}.pid"),
+            # Its gRPC port only where a section asks for one: a fixed default port would be
+            # shared (SO_REUSEPORT) by every modelport the harness starts.
+            "MODELPORT_GRPC_PORT": "0",
         }
         command = [str(BIN / "modelport"), "serve"]
         # Not the repository: pydantic-settings would read a developer's .env there.
@@ -152,6 +157,7 @@ def start_server(
             "--log-level", "warning",
         ]  # fmt: skip
         cwd = REPO
+    env |= extra_env or {}
     log = log_dir / f"{configuration.key}-{port}.log"
     with log.open("wb") as sink:
         # taskset execs the server, so the PID is gunicorn's master; its workers inherit the

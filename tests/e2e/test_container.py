@@ -2,8 +2,6 @@
 (read-only root, tmpfs /tmp and /dev/shm, non-root), answering, and stopping cleanly on SIGTERM."""
 
 import json
-import logging
-import os
 import subprocess
 import sys
 import time
@@ -14,12 +12,11 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import free_port
-from tests.e2e.container import IMAGE, REPO, Container, Podman, missing_requirements
+from tests.e2e.container import IMAGE, REPO, Container, Podman
 
-# The first test to use the image waits for debootstrap, wheels and the build (~2 minutes).
+# The first test to use the image (tests/e2e/conftest.py `podman`, built once per session) waits
+# for debootstrap, wheels and the build (~2 minutes).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-logger = logging.getLogger(__name__)
 
 APP_UID = 10001
 GRACE_SECONDS = 30  # gunicorn's graceful_timeout (MODELPORT_GRACEFUL_TIMEOUT) is 30 s too
@@ -50,27 +47,6 @@ def test_dockerfile_is_hadolint_clean() -> None:
         check=False,
     )
     assert (linted.returncode, linted.stdout + linted.stderr) == (0, "")
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    """The image, built from a local Debian base with wheels from the host; all storage removed
-    afterwards."""
-    if missing := missing_requirements():
-        reason = "cannot build the container image here; needs " + "; ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)  # CI installs these (.ci/run): never skip there
-        pytest.skip(reason)
-    podman = Podman(tmp_path_factory.mktemp("container"))
-    try:
-        podman.import_base()
-        podman.build(podman.build_context())
-        yield podman
-    finally:
-        with podman.timed("teardown"):
-            podman.remove()
-        steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in podman.durations.items())
-        logger.info("container steps: %s", steps)
 
 
 @pytest.fixture(scope="module")

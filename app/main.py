@@ -1,6 +1,7 @@
 """The application factory and lifespan. `app = create_app()` is the ASGI entrypoint."""
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -16,12 +17,14 @@ from app.http.errors import add_exception_handlers
 from app.http.middleware.body_limit import BodyLimitMiddleware
 from app.http.middleware.cors import EnvelopeCORSMiddleware
 from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
+from app.http.middleware.tracing import TracingMiddleware
 from app.http.openapi import install_openapi
 from app.metrics import TURN_METRICS
 from app.serving.backend_gate import backend_hook
 from app.serving.batching import BatchPolicy, batching_hook
 from app.serving.dataplane import DataPlane
 from app.serving.registry import ModelRegistry
+from app.tracing import TRACING, trace_exporters
 from routers import files, forms, health, models, predict, v2
 
 logger = logging.getLogger("modelport")
@@ -79,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     dataplane = DataPlane(registry)
+    # OpenTelemetry, by the standard OTEL_* variables (app.tracing): off unless they name an
+    # exporter, and then started in each worker (the lifespan runs after gunicorn's fork).
+    exporters = trace_exporters(os.environ)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -87,10 +93,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # worker (app.server.gunicorn_conf), so the models' memory is shared: keep that copy.
         if not registry.loaded:
             registry.load()
+        if exporters:
+            TRACING.start(exporters, service_version=app.version)
         yield {"registry": registry, "dataplane": dataplane}
         registry.clear()
         ACCESS_LOG.flush()
         TURN_METRICS.flush()
+        if exporters:
+            TRACING.stop()
 
     app = FastAPI(
         title="modelport",
@@ -101,9 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=paths.OPENAPI if settings.docs_enabled else None,
         generate_unique_id_function=_operation_id,
-        # FastAPI's native OpenTelemetry: no OpenTelemetry SDK ships with modelport, so all it
-        # could do is ask, on every request, whether a provider was configured (~3% of a
-        # worker's time on iris). Metrics are Prometheus', at /metrics.
+        # FastAPI's native OpenTelemetry stays off, even with tracing on: it asks on every
+        # request whether a provider was configured (~3% of a worker's time on iris), and, on,
+        # its server span cost more CPU than ours (app.http.middleware.tracing, installed only
+        # when tracing is on; `python -m benchmarks.tracing`, docs/operations.md "Tracing").
+        # Metrics are Prometheus', at /metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
@@ -123,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ObservabilityMiddleware, access_log=ACCESS_LOG if settings.access_log else None
     )
+    if exporters:  # outside it, so the server span covers the whole request
+        app.add_middleware(TracingMiddleware)
     # First, so they are matched first. They carry the API-key guard only when a key is
     # configured: even a guard that lets everything through costs a dependency solve.
     predict.add_routes(app, guard=[ApiKeyGuard] if settings.api_key else [])

@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "app.errors": 0,
     "app.metrics": 0,
     "app.native": 0,
+    "app.tracing": 0,  # OpenTelemetry, a no-op unless on: the data plane and HTTP both trace
     "schemas": 0,
     "app.store": 1,
     "app.serving": 2,

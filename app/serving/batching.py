@@ -32,6 +32,7 @@ import numpy as np
 from app.serving.model import LoadedModel, ModelOutput, call_estimator, check_output, run
 from app.serving.offload import in_thread
 from app.serving.schema import Row, Rows
+from app.tracing import TRACING, CallTiming, mark_calls
 
 # An idle batcher serving the worker's only request in flight runs the call on the event loop,
 # with no thread hop, when calls of this size have been measured below INLINE_CALL_SECONDS
@@ -53,6 +54,7 @@ class BatchPolicy:
 class _Waiting:
     rows: Rows
     reply: asyncio.Future[ModelOutput]
+    timing: CallTiming | None = None  # traced requests: when their batch's call ran
 
 
 class MicroBatcher:
@@ -68,14 +70,17 @@ class MicroBatcher:
         # until the first such call has been timed).
         self.small_call_seconds = math.inf
 
-    async def predict(self, rows: Rows, *, alone: bool = False) -> ModelOutput:
+    async def predict(
+        self, rows: Rows, *, alone: bool = False, timing: CallTiming | None = None
+    ) -> ModelOutput:
         """This request's checked output. `alone`: no other request is in flight in this
-        worker, so a call measured cheap may run on the event loop without holding anyone up."""
+        worker, so a call measured cheap may run on the event loop without holding anyone up.
+        `timing` (traced requests) learns when the call ran if the request waits for a batch."""
         if not self.policy.enabled:
             return await in_thread(run, self.model, rows)
         if self._busy:
             reply: asyncio.Future[ModelOutput] = asyncio.get_running_loop().create_future()
-            self._queue.append(_Waiting(rows, reply))
+            self._queue.append(_Waiting(rows, reply, timing))
             return await reply
         # Idle: this request runs at once, alone; whatever queues meanwhile is drained after.
         # A call measured cheaper than the hop to a thread and back runs on the event loop.
@@ -134,6 +139,7 @@ class MicroBatcher:
         batch = [waiting for waiting in batch if not waiting.reply.done()]  # clients gone
         if not batch:
             return
+        started = time.time_ns() if TRACING.on else 0
         try:
             output = await in_thread(
                 call_estimator, self.model, _concatenate([waiting.rows for waiting in batch])
@@ -143,6 +149,9 @@ class MicroBatcher:
                 if not waiting.reply.done():
                     waiting.reply.set_exception(exc)
             return
+        finally:
+            if started:
+                mark_calls([(waiting.timing, len(waiting.rows)) for waiting in batch], started)
         start = 0
         for waiting in batch:
             stop = start + len(waiting.rows)

@@ -23,6 +23,7 @@ from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
 from app.serving.registry import ModelRegistry
 from app.serving.schema import Rows
 from app.serving.traffic import Routed, route
+from app.tracing import TRACING, RequestTrace
 
 Context = TypeVar("Context")
 Reply = TypeVar("Reply")
@@ -71,6 +72,13 @@ class DataPlane:
         """Validated rows through the version's runner (batched with concurrent requests from
         every surface), each request's output checked (finite, one answer per row). `alone`:
         no other request is in flight in this worker."""
+        if TRACING.on:
+            trace = TRACING.request(model.name, model.version)
+            if trace is not None:
+                return await self._predict_traced(model, rows, alone=alone, trace=trace)
+        return await self._predict(model, rows, alone=alone)
+
+    async def _predict(self, model: LoadedModel, rows: Rows, *, alone: bool) -> ModelOutput:
         if model.runner is None:  # loaded without hooks: alone, in a thread
             return await in_thread(run, model, rows)
         return await model.runner.predict(rows, alone=alone)
@@ -88,10 +96,57 @@ class DataPlane:
         loop, which is cheaper than a thread hop; large ones in a thread."""
         self.in_flight += 1
         try:
+            if TRACING.on:  # all that tracing costs a request when it is off
+                trace = TRACING.request(model.name, model.version)
+                if trace is not None:
+                    return await self._infer_traced(model, decode, encode, work=work, trace=trace)
             decoded = await offload(decode, model, work=work)
-            output = await self.predict_rows(model, decoded.rows, alone=self.in_flight == 1)
+            output = await self._predict(model, decoded.rows, alone=self.in_flight == 1)
             return await offload(
                 encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
             )
         finally:
             self.in_flight -= 1
+
+    # -- traced: the same steps, each in its span (app.tracing) ------------------------------------
+    async def _infer_traced(
+        self,
+        model: LoadedModel,
+        decode: Callable[[LoadedModel], Decoded[Context]],
+        encode: Callable[[LoadedModel, ModelOutput, Context], Reply],
+        *,
+        work: int,
+        trace: RequestTrace,
+    ) -> Reply:
+        def traced_decode(model: LoadedModel) -> Decoded[Context]:
+            with trace.step("decode") as step:
+                decoded = decode(model)
+                step.rows = len(decoded.rows)
+                return decoded
+
+        def traced_encode(model: LoadedModel, output: ModelOutput, context: Context) -> Reply:
+            with trace.step("encode", rows=len(output)):
+                return encode(model, output, context)
+
+        decoded = await offload(traced_decode, model, work=work)
+        output = await self._predict_traced(
+            model, decoded.rows, alone=self.in_flight == 1, trace=trace
+        )
+        return await offload(
+            traced_encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
+        )
+
+    async def _predict_traced(
+        self, model: LoadedModel, rows: Rows, *, alone: bool, trace: RequestTrace
+    ) -> ModelOutput:
+        timing = trace.call()
+        try:
+            if model.runner is None:
+                output = await in_thread(run, model, rows)
+            else:
+                output = await model.runner.predict(rows, alone=alone, timing=timing)
+        except Exception as exc:
+            trace.called(timing, len(rows), exc)
+            raise
+        trace.called(timing, len(rows))
+        return output

@@ -20,6 +20,7 @@ from app.errors import InferenceError, InvalidInput
 from app.metrics import BATCH_SIZE, PREDICTED_ROWS, PREDICTIONS, TURN_METRICS
 from app.serving.backends import Evaluator
 from app.serving.schema import InputSchema, Rows
+from app.tracing import CallTiming
 from schemas.cards import ModelCard
 from schemas.predict import PredictionResponse
 
@@ -54,7 +55,9 @@ class Runner(Protocol):
     """How a version's rows reach its estimator in this process: alone, or in micro-batches
     with other requests' rows (app.serving.batching). Answers each request's checked output."""
 
-    async def predict(self, rows: Rows, *, alone: bool = False) -> ModelOutput: ...
+    async def predict(
+        self, rows: Rows, *, alone: bool = False, timing: CallTiming | None = None
+    ) -> ModelOutput: ...
 
 
 # Identity: a loaded version is one object, never compared. Not frozen for two fields set by

@@ -67,7 +67,10 @@ def _numeric(values: Sequence[Any] | np.ndarray[Any, Any]) -> FeatureReference |
     numbers = numbers[np.isfinite(numbers)]
     if numbers.size == 0:
         return None
-    edges = np.unique(np.quantile(numbers, QUANTILES)).tolist()
+    # 12 significant digits: interpolation noise (30.000000000000004 for the 30th percentile
+    # of 0..100) would put tied values on the wrong side of an edge.
+    quantiles = [float(f"{q:.12g}") for q in np.quantile(numbers, QUANTILES).tolist()]
+    edges = sorted(set(quantiles))
     draft = FeatureReference(kind="numeric", edges=edges, fractions=[1.0] * max(len(edges) - 1, 1))
     return draft.model_copy(update={"fractions": _shares(bin_counts(draft, numbers))})
 

@@ -127,6 +127,16 @@ def import_estimator(
             fields["target"] = fields["target"].model_copy(update={"name": options.target})
     elif options.target is not None or options.test_size is not None:
         raise ValueError("--target and --test-size describe the --data table: give --data too")
+    untyped = [
+        f.name
+        for f in features
+        if loaded.signature and loaded.signature.get(f.name) == "category" and f.dtype != "category"
+    ]
+    if untyped:
+        raise ValueError(
+            f"the MLflow signature says {', '.join(untyped)} hold text, and the model has no "
+            "encoder that lists their values: give --data, a table with real rows, to read them"
+        )
     fields |= {
         "name": name,
         "version": version,
@@ -213,6 +223,8 @@ def _signature_example(loaded: LoadedSource, features: list[FeatureSpec]) -> lis
     if len(columns) != len(loaded.example) or sorted(columns) != sorted(names):
         return None
     by_name = dict(zip(columns, loaded.example, strict=True))
+    if any(f.categories and by_name[f.name] not in f.categories for f in features):
+        return None  # a value the encoder does not know: the introspected example serves
     return [
         int(by_name[f.name])
         if f.dtype == "int" and float(by_name[f.name]).is_integer()

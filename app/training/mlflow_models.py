@@ -4,7 +4,7 @@ flavour), or a `models:/` or `runs:/` URI resolved through a local tracking stor
 Read without MLflow itself: `MLmodel` is YAML, the artifact a pickle, cloudpickle or skops file
 (exactly how `mlflow.sklearn.load_model` reads it), and a local tracking store is a directory of
 YAML files (MLflow's file store) or a SQLite database, read here with the standard library. So
-importing needs no MLflow install (~77 MB with its dependencies) and never runs its code.
+importing needs no MLflow install (77 MB more, with its dependencies) and never runs its code.
 """
 
 from __future__ import annotations

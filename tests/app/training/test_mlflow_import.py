@@ -169,3 +169,15 @@ def test_a_registered_model_in_a_sqlite_store(written: dict[str, Any], tmp_path:
     assert card.description == "Cat or dog, from colour, weight, age"
     found, _ = resolve_uri(f"runs:/{written['sqlite']['run_id']}/model", f"sqlite:///{database}")
     assert (found / "MLmodel").is_file()
+
+
+def test_a_text_column_with_no_known_values_asks_for_data(
+    written: dict[str, Any], tmp_path: Path
+) -> None:
+    """A signature's string column needs its values from an encoder or from --data."""
+    directory = tmp_path / "text"
+    shutil.copytree(written["folder"] / "saved-skops", directory)
+    mlmodel = (directory / "MLmodel").read_text()
+    (directory / "MLmodel").write_text(mlmodel.replace('"type": "double"', '"type": "string"'))
+    with pytest.raises(ValueError, match="weight hold text.*give --data"):
+        import_estimator(directory, tmp_path / "models", name="text")

@@ -27,18 +27,38 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from app.training.importer import import_estimator
+    from app.training.importer import ImportOptions, import_estimator
 
-    model_dir = args.model_dir or get_settings().model_dir
+    settings = get_settings()
+    options = ImportOptions(
+        version=args.version,
+        description=args.description,
+        data=args.data,
+        target=args.target,
+        test_size=args.test_size,
+        seed=args.seed,
+        version_policy=settings.version_mismatch,
+        keep_format=args.keep_format,
+        trusted_types=tuple(settings.skops_trusted_types),
+        tracking_uri=args.tracking_uri,
+    )
     try:
-        card = import_estimator(
-            args.path, model_dir, name=args.name, version=args.version, description=args.description
+        imported = import_estimator(
+            args.source, args.model_dir or settings.model_dir, name=args.name, options=options
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"modelport import: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
         return 2
+    card = imported.card
     features = ", ".join(f"{f.name}:{f.dtype}" for f in card.features)
     print(f"imported {card.name} v{card.version} ({card.task}; {features})")  # noqa: T201
+    print(f"artifact: {card.artifact}")  # noqa: T201
+    if card.evaluation is not None:
+        scores = ", ".join(f"{metric} {value:g}" for metric, value in card.metrics.items())
+        where = card.evaluation
+        print(f"metrics on {where.rows} rows of {where.data}, {where.split}: {scores}")  # noqa: T201
+    for note in imported.notes:
+        print(f"note: {note}")  # noqa: T201 - CLI output
     return 0
 
 
@@ -99,12 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     imp = commands.add_parser(
-        "import", help="Add a fitted estimator (.joblib/.pkl/.skops) to the store."
+        "import",
+        help="Add a fitted estimator (.joblib/.pkl/.skops, or an MLflow model) to the store.",
     )
-    imp.add_argument("path", type=Path)
+    imp.add_argument(
+        "source",
+        help="A .joblib, .pkl or .skops file, an MLflow model directory, or a models:/ or "
+        "runs:/ URI (resolved in MLFLOW_TRACKING_URI, a directory or sqlite:/// file).",
+    )
     imp.add_argument("--name", required=True)
     imp.add_argument("--version", type=int, help="Version number (default: next free).")
-    imp.add_argument("--description", default="")
+    imp.add_argument("--description", default="", help="Default: the MLflow registered model's.")
+    imp.add_argument(
+        "--data",
+        type=Path,
+        help="A CSV or Parquet table of real rows: feature types, ranges, categories, the "
+        "example, reference statistics (and metrics, with --target).",
+    )
+    imp.add_argument("--target", help="The --data column holding the true answers: metrics.")
+    imp.add_argument(
+        "--test-size",
+        type=float,
+        help="Score only this share of the rows, split off as train_test_split would "
+        "(default: all rows, and the card says so).",
+    )
+    imp.add_argument("--seed", type=int, default=0, help="The split's random_state (default 0).")
+    imp.add_argument(
+        "--keep-format",
+        action="store_true",
+        help="Copy the artifact as it is (default: write .skops where it round-trips).",
+    )
+    imp.add_argument("--tracking-uri", help="MLflow tracking store (default: MLFLOW_TRACKING_URI).")
     imp.add_argument(
         "--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models)."
     )

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         description="Origins allowed by CORS (comma-separated). Credentials are allowed, so never '*'.",
     )
     docs_enabled: bool = Field(default=True, description="Serve /docs, /redoc and /openapi.json.")
+    version_mismatch: Literal["refuse", "warn"] = Field(
+        default="refuse",
+        description="A model version whose artifact was made with another scikit-learn minor version: refuse it (a readiness problem naming both versions), or warn (serve it, and say so in the log, the card endpoint and the modelport_model_version_mismatch metric).",
+    )
     skops_trusted_types: Annotated[list[str], NoDecode, BeforeValidator(_parse_origins)] = Field(
         default_factory=list,
         description="Extra types trusted when loading .skops artifacts (comma-separated).",

@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.model_dir,
         max_rows=settings.max_rows,
         trusted_types=settings.skops_trusted_types,
+        version_policy=settings.version_mismatch,
         # The backend and the batcher are attached to each version as it loads (MLServer's
         # load-hook pattern): the parity gate first, so the batcher sees the chosen backend.
         on_load=[

@@ -77,6 +77,13 @@ MODEL_BACKEND = Gauge(
     ["model", "version", "backend"],
     multiprocess_mode="max",
 )
+MODEL_VERSION_MISMATCH = Gauge(
+    "modelport_model_version_mismatch",
+    "1 when the version's artifact was made with another scikit-learn minor version than the "
+    "server runs (refused, or served under MODELPORT_VERSION_MISMATCH=warn).",
+    ["model", "version"],
+    multiprocess_mode="max",
+)
 MODEL_LOAD_SECONDS = Gauge(
     "modelport_model_load_seconds",
     "Time taken to load the version.",

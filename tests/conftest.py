@@ -1,6 +1,10 @@
 """Shared fixtures: tiny real models fitted in-process and written into a temporary store."""
 
+import importlib.util
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +18,7 @@ import sklearn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
@@ -126,6 +131,40 @@ def fit_pets_pipeline() -> Pipeline:
     return pipeline.fit(frame, y)
 
 
+def churn_frame(rows: int = 400) -> pd.DataFrame:
+    """The issue's churn table: integer tenure, float charges, two categories, a yes/no target."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "tenure_months": rng.integers(0, 73, size=rows),
+            "monthly_charges": rng.uniform(18.0, 120.0, size=rows).round(2),
+            "contract": rng.choice(["month-to-month", "one-year", "two-year"], size=rows),
+            "payment_method": rng.choice(["card", "bank", "check"], size=rows),
+        }
+    )
+    short = (frame["tenure_months"] < 12) & (frame["contract"] == "month-to-month")
+    frame["churned"] = np.where(short | (frame["monthly_charges"] > 110), "yes", "no")
+    return frame
+
+
+def fit_churn_pipeline(frame: pd.DataFrame) -> Pipeline:
+    """A HistGradientBoostingClassifier behind a ColumnTransformer, fitted on `frame`."""
+    encode = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    pipeline = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer(
+                    [("categories", encode, ["contract", "payment_method"])],
+                    remainder="passthrough",
+                ),
+            ),
+            ("clf", HistGradientBoostingClassifier(max_iter=20, random_state=0)),
+        ]
+    )
+    return pipeline.fit(frame.drop(columns="churned"), frame["churned"])
+
+
 def pets_features() -> list[FeatureSpec]:
     return [
         FeatureSpec(name="colour", dtype="category", categories=["black", "ginger", "white"]),
@@ -200,3 +239,25 @@ def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
     app.dependency_overrides.clear()
+
+
+# MLflow writes SQLite tracking stores through SQLAlchemy (and alembic).
+MLFLOW_SQLITE = all(importlib.util.find_spec(m) is not None for m in ("sqlalchemy", "alembic"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Real MLflow models, written once per session by mlflow-skinny itself in a subprocess
+    (tests/app/training/mlflow_writer.py says what): the folder and the run and model ids."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    repo = Path(__file__).resolve().parents[1]
+    pythonpath = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    writer = repo / "tests" / "app" / "training" / "mlflow_writer.py"
+    run = subprocess.run(
+        [sys.executable, str(writer), *(["sqlite"] if MLFLOW_SQLITE else [])],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    ids: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return {"folder": folder, **ids}

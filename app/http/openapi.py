@@ -363,5 +363,14 @@ def _describe(model: LoadedModel, *, pinned: bool) -> str:
         lines.append(f"| `{feature.name}` | {feature.dtype} | {allowed} | {feature.description} |")
     if card.metrics:
         metrics = ", ".join(f"{key} {value:g}" for key, value in card.metrics.items())
-        lines += ["", f"Held-out metrics: {metrics}."]
+        where = card.evaluation
+        if where is None:
+            lines += ["", f"Held-out metrics: {metrics}."]
+        elif where.held_out:
+            lines += ["", f"Metrics on {where.rows} held-out rows of {where.data}: {metrics}."]
+        else:
+            lines += [
+                "",
+                f"Metrics on all {where.rows} rows of {where.data} (not held out): {metrics}.",
+            ]
     return "\n".join(lines)

@@ -73,6 +73,9 @@ class LoadedModel:
     example_response: dict[str, Any] | None = field(default=None, repr=False)
     runner: Runner | None = field(default=None, repr=False)
     backend: Backend = field(default=SKLEARN, repr=False)
+    # Served despite a scikit-learn version mismatch (MODELPORT_VERSION_MISMATCH=warn): why.
+    version_mismatch: str | None = field(default=None, repr=False)
+    load_warnings: tuple[str, ...] = field(default=(), repr=False)  # raised while loading
 
     @property
     def name(self) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from app.errors import InferenceError, InvalidInput, ModelNotFound, ModelUnavailable
-from app.metrics import MODEL_LOAD_SECONDS, MODEL_LOADED
+from app.metrics import MODEL_LOAD_SECONDS, MODEL_LOADED, MODEL_VERSION_MISMATCH
 from app.serving.model import LoadedModel, predict
 from app.serving.schema import InputSchema
 from app.store.artifacts import (
@@ -30,6 +30,7 @@ from app.store.artifacts import (
     read_card,
     sha256_of,
 )
+from app.store.versions import VersionMismatch, VersionPolicy, version_mismatch_of
 from schemas.cards import MODEL_NAME_PATTERN, TrafficSplit
 
 logger = logging.getLogger("modelport.registry")
@@ -45,7 +46,10 @@ def load_version(
     version: int,
     max_rows: int,
     trusted_types: list[str],
+    version_policy: VersionPolicy = "refuse",
 ) -> LoadedModel:
+    """One version from its folder, checked: card, SHA-256, library versions, the estimator
+    against its card, and a prediction of the card's example. ArtifactRefused says why not."""
     card = read_card(version_dir)
     if card.name != name or card.version != version:
         raise ArtifactRefused(
@@ -60,16 +64,28 @@ def load_version(
             f"SHA-256 mismatch: card records {card.sha256[:12]}…, {card.artifact} is {actual[:12]}…"
         )
     try:
-        estimator = load_estimator(artifact, trusted_types=trusted_types)
+        loaded = load_estimator(artifact, trusted_types=trusted_types)
     except ArtifactRefused:
         raise
     except Exception as exc:
         raise ArtifactRefused(f"cannot load {card.artifact}: {type(exc).__name__}: {exc}") from exc
+    estimator = loaded.estimator
+    mismatch = version_mismatch_of(card, loaded.saved_with)
+    if mismatch is not None:
+        if version_policy == "refuse":
+            raise VersionMismatch(f"{mismatch} (MODELPORT_VERSION_MISMATCH=warn serves it anyway)")
+        logger.warning("serving %s v%d despite a version mismatch: %s", name, version, mismatch)
     check_against_card(estimator, card)
     fitted_names = getattr(estimator, "feature_names_in_", None)
     frame_columns = None if fitted_names is None else [str(name) for name in fitted_names]
     inputs = InputSchema(card, max_rows=max_rows, frame_columns=frame_columns)
-    model = LoadedModel(card=card, estimator=estimator, inputs=inputs)
+    model = LoadedModel(
+        card=card,
+        estimator=estimator,
+        inputs=inputs,
+        version_mismatch=mismatch,
+        load_warnings=loaded.warnings,
+    )
     # Predict the example once: a version that cannot answer its own example never serves
     # (so a bad rollout never turns ready), and the answer becomes the docs' response example.
     try:
@@ -148,6 +164,7 @@ def scan_store(
     max_rows: int,
     trusted_types: list[str],
     on_load: Sequence[LoadHook] = (),
+    version_policy: VersionPolicy = "refuse",
 ) -> StoreSnapshot:
     """Load every version in the store. Each loaded version is handed to the `on_load` hooks
     (e.g. batching, which attaches a runner) before anything can serve it."""
@@ -187,18 +204,23 @@ def scan_store(
                     version=version,
                     max_rows=max_rows,
                     trusted_types=trusted_types,
+                    version_policy=version_policy,
                 )
                 for hook in on_load:
                     hook(model)
                 entry.versions[version] = model
+                mismatched = model.version_mismatch is not None
             except ArtifactRefused as exc:
+                mismatched = isinstance(exc, VersionMismatch)
                 entry.unavailable[version] = str(exc)
                 problems[f"{name}/{version}"] = str(exc)
             except Exception as exc:  # one broken version must never stop the others loading
+                mismatched = False
                 logger.exception("unexpected error loading %s", version_path)
                 entry.unavailable[version] = f"cannot load: {type(exc).__name__}: {exc}"
                 problems[f"{name}/{version}"] = entry.unavailable[version]
             MODEL_LOADED.labels(name, str(version)).set(1 if version in entry.versions else 0)
+            MODEL_VERSION_MISMATCH.labels(name, str(version)).set(1 if mismatched else 0)
             MODEL_LOAD_SECONDS.labels(name, str(version)).set(time.perf_counter() - started)
         traffic_path = model_path / TRAFFIC_FILE
         if traffic_path.is_file():
@@ -229,8 +251,10 @@ class ModelRegistry:
         max_rows: int,
         trusted_types: list[str] | None = None,
         on_load: Sequence[LoadHook] = (),
+        version_policy: VersionPolicy = "refuse",
     ) -> None:
         self.model_dir = model_dir
+        self.version_policy = version_policy
         self.max_rows = max_rows
         self.trusted_types = list(trusted_types or [])
         self.on_load = tuple(on_load)
@@ -245,6 +269,7 @@ class ModelRegistry:
             max_rows=self.max_rows,
             trusted_types=self.trusted_types,
             on_load=self.on_load,
+            version_policy=self.version_policy,
         )
         with self._lock:
             self._snapshot = snapshot

@@ -235,7 +235,8 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def example_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The files the examples name: a picture of a handwritten 7, and a fitted estimator."""
+    """The files the examples name: a picture of a handwritten 7, a fitted estimator and the
+    table it was fitted on."""
     files = tmp_path_factory.mktemp("files")
     digits = load_digits()
     seven = digits.images[list(digits.target).index(7)]
@@ -247,6 +248,7 @@ def example_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     target = iris.target.map(dict(enumerate(iris.target_names)))
     joblib.dump(LogisticRegression(max_iter=1000).fit(frame, target), files / "model.joblib")
+    frame.assign(species=target).to_csv(files / "iris.csv", index=False)
     return files
 
 

@@ -148,9 +148,11 @@ def scan_store(
     max_rows: int,
     trusted_types: list[str],
     on_load: Sequence[LoadHook] = (),
+    only: str | None = None,
 ) -> StoreSnapshot:
-    """Load every version in the store. Each loaded version is handed to the `on_load` hooks
-    (e.g. batching, which attaches a runner) before anything can serve it."""
+    """Load every version in the store (of the model named `only`, when given). Each loaded
+    version is handed to the `on_load` hooks (e.g. batching, which attaches a runner) before
+    anything can serve it."""
     if not model_dir.is_dir():
         reason = (
             "is not a directory" if model_dir.exists() else "model store directory does not exist"
@@ -160,6 +162,8 @@ def scan_store(
     problems: dict[str, str] = {}
     model_paths = []
     for path in sorted(p for p in model_dir.iterdir() if not p.name.startswith(".")):
+        if only is not None and path.name != only:
+            continue
         if path.is_dir():
             model_paths.append(path)
         elif path.is_symlink():  # a model folder whose link target is gone must not vanish silently
@@ -229,11 +233,14 @@ class ModelRegistry:
         max_rows: int,
         trusted_types: list[str] | None = None,
         on_load: Sequence[LoadHook] = (),
+        only: str | None = None,
     ) -> None:
+        """`only`: load that one model's versions, not the whole store (`modelport score`)."""
         self.model_dir = model_dir
         self.max_rows = max_rows
         self.trusted_types = list(trusted_types or [])
         self.on_load = tuple(on_load)
+        self.only = only
         self._snapshot = StoreSnapshot(entries={}, problems={"store": "not loaded yet"})
         self._lock = threading.Lock()
         self.generation = 0
@@ -245,6 +252,7 @@ class ModelRegistry:
             max_rows=self.max_rows,
             trusted_types=self.trusted_types,
             on_load=self.on_load,
+            only=self.only,
         )
         with self._lock:
             self._snapshot = snapshot

@@ -45,6 +45,7 @@ from benchmarks.servers import (
     wait_ready,
 )
 from benchmarks.store import MODELS, ModelBackend, build_store, read_backends
+from benchmarks.streaming import FULL_ROWS, QUICK_ROWS, StreamResult, run_stream
 from benchmarks.throughput import (
     ScenarioResult,
     default_scenarios,
@@ -54,7 +55,7 @@ from benchmarks.throughput import (
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("throughput", "bulk", "memory")
+SECTIONS = ("throughput", "bulk", "stream", "memory")
 # The order each round runs them in.
 CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
 BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
@@ -70,6 +71,7 @@ class Plan:
     duration_s: int
     warmup_s: int
     bulk_repeats: int
+    stream_rows: int
     forest: ForestSpec
     sections: tuple[str, ...]
     server_cpu: int
@@ -98,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bulk-repeats", type=int, help="Timed 10,000-row repetitions (default 7; quick 2)."
+    )
+    parser.add_argument(
+        "--stream-rows",
+        type=int,
+        help=f"Rows streamed in the stream section (default {FULL_ROWS:,}; quick {QUICK_ROWS:,}).",
     )
     parser.add_argument(
         "--forest-trees",
@@ -153,6 +160,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         duration_s=pick(args.duration, 6, 2),
         warmup_s=pick(args.warmup, 2, 0, least=0),
         bulk_repeats=pick(args.bulk_repeats, 7, 2),
+        stream_rows=pick(args.stream_rows, FULL_ROWS, QUICK_ROWS),
         forest=ForestSpec(trees=trees),
         sections=tuple(section for section in SECTIONS if section not in args.skip),
         server_cpu=args.server_cpu,
@@ -290,7 +298,7 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         # Other work on the machine is noise the min–max columns show; this says how much ran.
         "load_average_at_start": [round(value, 2) for value in _load_average()],
     }
-    if store is None and {"throughput", "bulk"} & set(plan.sections):
+    if store is None and {"throughput", "bulk", "stream"} & set(plan.sections):
         store = build_store(work_dir)
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
@@ -298,6 +306,11 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
     if store is not None:
         throughput, bulk, backends = _run_against_servers(plan, store, work_dir, meta)
     meta["rounds_dropped"] = _rounds_dropped(plan, throughput)
+    stream: StreamResult | None = None
+    if store is not None and "stream" in plan.sections:
+        stream = run_stream(
+            store, rows=plan.stream_rows, work_dir=work_dir, server_cpu=plan.server_cpu
+        )
     memory: MemoryResult | None = None
     if "memory" in plan.sections:
         memory = run_memory(
@@ -306,7 +319,12 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
     meta["load_average_at_end"] = [round(value, 2) for value in _load_average()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     return BenchReport(
-        meta=meta, throughput=throughput, bulk=bulk, memory=memory, backends=backends
+        meta=meta,
+        throughput=throughput,
+        bulk=bulk,
+        memory=memory,
+        backends=backends,
+        stream=stream,
     )
 
 

@@ -16,6 +16,7 @@ from benchmarks.chart import CHART_LABELS, draw_chart, ms, rate
 from benchmarks.memory import MemoryResult
 from benchmarks.stats import Spread, TargetCheck
 from benchmarks.store import ModelBackend
+from benchmarks.streaming import StreamResult, stream_table
 from benchmarks.targets import ISSUE
 from benchmarks.throughput import REFERENCES, ConfigurationResult, ScenarioResult
 
@@ -36,6 +37,8 @@ class BenchReport:
     memory: MemoryResult | None
     # The backend of each benchmarked model's default version, as modelport reported it.
     backends: list[ModelBackend] = dataclasses.field(default_factory=list)
+    # Issue 21's bulk stream (its targets are reported with it, not among issue 16's).
+    stream: StreamResult | None = None
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -286,6 +289,8 @@ def to_markdown(report: BenchReport) -> str:
         lines += _scenario_table(scenario)
     if report.bulk is not None:
         lines += _bulk_table(report.bulk)
+    if report.stream is not None:
+        lines += stream_table(report.stream)
     if report.memory is not None:
         lines += _memory_table(report.memory)
     checks = all_targets(report)

@@ -145,7 +145,8 @@ class LineReader:
             self._skipping = True
 
     def _take(self, end: int) -> LinePiece:
-        piece = LinePiece(bytes(self._buffer[:end]), self._line)
+        with memoryview(self._buffer) as whole:  # one copy (a bytearray slice would be two)
+            piece = LinePiece(whole[:end].tobytes(), self._line)
         lines = piece.data.count(b"\n")
         self._line += lines
         self._newlines -= lines

@@ -224,11 +224,11 @@ def _rounds_dropped(plan: Plan, throughput: list[ScenarioResult]) -> dict[str, A
 
 def _run_against_servers(
     plan: Plan, store: Path, work_dir: Path, meta: dict[str, Any]
-) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend]]:
-    """The throughput and bulk sections, which share one server per configuration."""
+) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend], StreamResult | None]:
+    """The throughput, bulk and stream sections, which share one server per configuration."""
     wanted = set(plan.sections)
     if not wanted & {"throughput", "bulk"}:
-        return [], None, []
+        return [], None, [], None
     configurations = CONFIGURATIONS if "throughput" in wanted else BULK_CONFIGURATIONS
     scenarios = []
     for scenario in default_scenarios():
@@ -272,7 +272,16 @@ def _run_against_servers(
         if "bulk" in wanted:
             with httpx.Client(timeout=300) as client:
                 bulk = run_bulk(store, by_key, repeats=plan.bulk_repeats, client=client)
-        return throughput, bulk, backends
+        stream = None
+        if "stream" in wanted:
+            stream = run_stream(
+                store,
+                rows=plan.stream_rows,
+                work_dir=work_dir,
+                server_cpu=plan.server_cpu,
+                server=by_key["modelport"],
+            )
+        return throughput, bulk, backends, stream
     finally:
         for server in servers:
             stop_server(server)
@@ -303,14 +312,14 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
     backends: list[ModelBackend] = []
-    if store is not None:
-        throughput, bulk, backends = _run_against_servers(plan, store, work_dir, meta)
-    meta["rounds_dropped"] = _rounds_dropped(plan, throughput)
     stream: StreamResult | None = None
-    if store is not None and "stream" in plan.sections:
-        stream = run_stream(
-            store, rows=plan.stream_rows, work_dir=work_dir, server_cpu=plan.server_cpu
-        )
+    if store is not None:
+        throughput, bulk, backends, stream = _run_against_servers(plan, store, work_dir, meta)
+        if stream is None and "stream" in plan.sections:  # alone: a server of its own
+            stream = run_stream(
+                store, rows=plan.stream_rows, work_dir=work_dir, server_cpu=plan.server_cpu
+            )
+    meta["rounds_dropped"] = _rounds_dropped(plan, throughput)
     memory: MemoryResult | None = None
     if "memory" in plan.sections:
         memory = run_memory(

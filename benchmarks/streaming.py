@@ -33,7 +33,14 @@ from sklearn.datasets import load_breast_cancer
 
 from app.bulk.remote import post_stream
 from app.codecs.stream_lines import TARGET_BYTES
-from benchmarks.servers import MODELPORT, start_server, stop_server, wait_ready
+from benchmarks.servers import (
+    MODELPORT,
+    RunningServer,
+    start_server,
+    stop_server,
+    wait_idle,
+    wait_ready,
+)
 from benchmarks.stats import TargetCheck
 
 logger = logging.getLogger("benchmarks")
@@ -208,7 +215,16 @@ async def _stream(
     return sent
 
 
-def run_stream(store: Path, *, rows: int, work_dir: Path, server_cpu: int) -> StreamResult:
+def run_stream(
+    store: Path,
+    *,
+    rows: int,
+    work_dir: Path,
+    server_cpu: int,
+    server: RunningServer | None = None,
+) -> StreamResult:
+    """Stream `rows` rows to `server` (modelport with one worker, serving `store`), or to a
+    server of its own started on `server_cpu`."""
     card = json.loads((store / MODEL / "1" / "card.json").read_text())
     names = [feature["name"] for feature in card["features"]]
     classes = [str(label) for label in card["target"]["classes"]]
@@ -227,10 +243,13 @@ def run_stream(store: Path, *, rows: int, work_dir: Path, server_cpu: int) -> St
     # The server's pieces: about TARGET_BYTES of lines, at most MODELPORT_MAX_ROWS (10,000).
     server_chunk_rows = min(10_000, int(TARGET_BYTES // bytes_per_row))
     predict_rate, both_rate = _in_process_rates(estimator, matrices, texts, server_chunk_rows)
-    server = start_server(MODELPORT, store=store, cpu=server_cpu, log_dir=work_dir)
+    own = server is None
+    if server is None:
+        server = start_server(MODELPORT, store=store, cpu=server_cpu, log_dir=work_dir)
     try:
         example = {"instances": [matrices[0][0].tolist()]}
         wait_ready(server, f"/models/{MODEL}/versions/1/predict", json.dumps(example).encode())
+        wait_idle([server])
         worker = server.worker_pids()[0]
         rss_before = _rss_mb(worker)
         sampler = _RssSampler(worker)
@@ -243,7 +262,8 @@ def run_stream(store: Path, *, rows: int, work_dir: Path, server_cpu: int) -> St
         sampler.join()
         rss_after = _rss_mb(worker)
     finally:
-        stop_server(server)
+        if own:
+            stop_server(server)
     summary = checker.summary()
     answered = int(summary.get("rows", 0))
     total = count * CHUNK_ROWS

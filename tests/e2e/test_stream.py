@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from app.cli import main
 from tests.e2e.conftest import Server, address, run_cli, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
@@ -183,10 +184,10 @@ def test_score_with_url_writes_what_the_in_process_run_writes(
     )
     assert streamed.returncode == 0, streamed.stderr
     assert "5,000 rows with breast-cancer v1, 0 errors in this run, complete" in streamed.stderr
-    in_process = run_cli(
-        "score", str(source), "--model", "breast-cancer", "--model-dir", str(trained_store),
-        "--output", str(local),
+    in_process = main(
+        ["score", str(source), "--model", "breast-cancer", "--model-dir", str(trained_store),
+         "--output", str(local)]
     )  # fmt: skip
-    assert in_process.returncode == 0, in_process.stderr
+    assert in_process == 0
     assert remote.read_bytes() == local.read_bytes()
     assert len(remote.read_text().splitlines()) == 5_001

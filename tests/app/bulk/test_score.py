@@ -168,24 +168,19 @@ def test_resume_after_a_cut_mid_line_adds_exactly_the_missing_rows(
         assert resumed.read_bytes() == whole, cut
 
 
-def test_resume_after_sigkill_matches_a_straight_run(store: Path, tmp_path: Path) -> None:
-    """The CLI is killed (SIGKILL, by PID) while it writes, then resumed."""
+def test_resume_after_sigkill_matches_a_straight_run(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI, a process of its own, is killed (SIGKILL, by PID) while it writes; `--resume`
+    then ends with the straight run's output, byte for byte."""
     source = write_csv(tmp_path / "in.csv", rows(100_000, seed=5), {90_000: "1,2,3"})
     straight, killed = tmp_path / "straight.csv", tmp_path / "killed.csv"
-    command = [str(BIN / "modelport"), "score", str(source), "--model", "forest",
-               "--model-dir", str(store)]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [*command, "--output", str(straight)],
-        env=environment,
-        capture_output=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 1, done.stderr  # the one bad row
+    assert score(store, str(source), "--model", "forest", "--output", str(straight)) == 1
     size = straight.stat().st_size
+    command = [str(BIN / "modelport"), "score", str(source), "--model", "forest",
+               "--model-dir", str(store), "--output", str(killed)]  # fmt: skip
     process = subprocess.Popen(
-        [*command, "--output", str(killed)], env=environment, stderr=subprocess.DEVNULL
+        command, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -195,16 +190,9 @@ def test_resume_after_sigkill_matches_a_straight_run(store: Path, tmp_path: Path
     assert process.poll() is None, "the run ended before it could be killed"
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    partial = killed.read_bytes()
-    assert 0 < len(partial) < len(straight.read_bytes())
-    resumed = subprocess.run(
-        [*command, "--output", str(killed), "--resume"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert resumed.returncode == 1, resumed.stderr
-    assert "from before" in resumed.stderr
+    assert 0 < killed.stat().st_size < size
+    capsys.readouterr()
+    resumed = score(store, str(source), "--model", "forest", "--output", str(killed), "--resume")
+    assert resumed == 1  # the bad row, after the cut
+    assert "from before" in capsys.readouterr().err
     assert killed.read_bytes() == straight.read_bytes()

@@ -1,4 +1,4 @@
-"""The `modelport` command: train, import, serve, dev."""
+"""The `modelport` command: train, import, score, serve, reload, dev."""
 
 from __future__ import annotations
 
@@ -60,6 +60,30 @@ def _import(args: argparse.Namespace) -> int:
     for note in imported.notes:
         print(f"note: {note}")  # noqa: T201 - CLI output
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from app.bulk.score import ScoreOptions, score
+
+    if args.resume and args.output is None:
+        print("modelport score: --resume needs --output", file=sys.stderr)  # noqa: T201
+        return 2
+    settings = get_settings()
+    if args.model_dir is not None:
+        settings = settings.model_copy(update={"model_dir": args.model_dir})
+    api_key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    options = ScoreOptions(
+        input=args.input,
+        model=args.model,
+        version=args.version,
+        output=args.output,
+        url=args.url,
+        on_error=args.on_error,
+        resume=args.resume,
+        input_format=args.input_format,
+        api_key=api_key,
+    )
+    return score(options, settings)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -154,6 +178,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models)."
     )
     imp.set_defaults(handler=_import)
+
+    scoring = commands.add_parser(
+        "score",
+        help="Predict every row of a CSV, NDJSON or Parquet file, in order (in-process, or "
+        "streamed to a server with --url).",
+    )
+    scoring.add_argument(
+        "input", type=Path, help="The rows: .csv (with a header), .ndjson/.jsonl or .parquet."
+    )
+    scoring.add_argument("--model", required=True, help="Model name.")
+    scoring.add_argument("--version", type=int, help="Model version (default: the default one).")
+    scoring.add_argument(
+        "--output",
+        type=Path,
+        help="Where the answers go (default: stdout): CSV, or NDJSON for .ndjson/.jsonl; "
+        "without a suffix, the input's format (CSV for Parquet).",
+    )
+    scoring.add_argument(
+        "--url", help="A running server (e.g. http://127.0.0.1:8000); default: in-process."
+    )
+    scoring.add_argument(
+        "--on-error",
+        choices=["continue", "abort"],
+        default="continue",
+        help="continue: answer each bad row with its error, in place (default); abort: stop at the first.",
+    )
+    scoring.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue an interrupted run: keep the complete rows of --output, score the rest.",
+    )
+    scoring.add_argument(
+        "--input-format", choices=["csv", "ndjson", "parquet"], help="Default: from the suffix."
+    )
+    scoring.add_argument(
+        "--api-key", help="Sent as X-API-Key with --url (default: MODELPORT_API_KEY)."
+    )
+    scoring.add_argument(
+        "--model-dir", type=Path, help="Model store (default: MODELPORT_MODEL_DIR or ./models)."
+    )
+    scoring.set_defaults(handler=_score)
 
     serve = commands.add_parser(
         "serve", help="Run gunicorn with uvicorn workers (settings from MODELPORT_*)."

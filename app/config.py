@@ -75,6 +75,16 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest multipart upload (file or form) accepted, in bytes.",
     )
+    stream_max_line_bytes: int = Field(
+        default=1024 * 1024,
+        ge=256,
+        description="Streams (the predict/stream routes, `modelport score`): the longest line, one row, accepted in bytes. A longer row is answered with an error in its place; a longer CSV header is a 413.",
+    )
+    stream_max_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Streams: the largest body accepted, in bytes; unset, no limit (MODELPORT_MAX_BODY_BYTES does not apply to streams). A larger declared Content-Length is a 413; a chunked body that grows past it ends the stream with an error record.",
+    )
     upload_memory_bytes: int = Field(
         default=8 * 1024 * 1024,
         ge=0,

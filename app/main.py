@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -20,12 +21,11 @@ from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddlewar
 from app.http.middleware.tracing import TracingMiddleware
 from app.http.openapi import install_openapi
 from app.metrics import TURN_METRICS
-from app.serving.backend_gate import backend_hook
-from app.serving.batching import BatchPolicy, batching_hook
 from app.serving.dataplane import DataPlane
+from app.serving.loading import registry_for
 from app.serving.registry import ModelRegistry
 from app.tracing import TRACING, trace_exporters
-from routers import files, forms, health, models, predict, v2
+from routers import files, forms, health, models, predict, stream, v2
 
 logger = logging.getLogger("modelport")
 
@@ -51,6 +51,10 @@ def _body_limits(settings: Settings) -> Callable[[str], int]:
         # Multipart uploads (files, forms) get their own, larger limit.
         if path.endswith(paths.UPLOAD_SUFFIXES):
             return settings.max_upload_bytes
+        # Streams count their own bodies (MODELPORT_STREAM_MAX_BYTES, if set): past the limit
+        # the reply has started, and says so in its own last records rather than being cut.
+        if path.endswith(paths.STREAM_SUFFIX):
+            return sys.maxsize
         return settings.max_body_bytes
 
     return limit_for
@@ -64,24 +68,8 @@ def _operation_id(route: APIRoute) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
-    registry = ModelRegistry(
-        settings.model_dir,
-        max_rows=settings.max_rows,
-        trusted_types=settings.skops_trusted_types,
-        version_policy=settings.version_mismatch,
-        # The backend and the batcher are attached to each version as it loads (MLServer's
-        # load-hook pattern): the parity gate first, so the batcher sees the chosen backend.
-        on_load=[
-            backend_hook(settings.backend),
-            batching_hook(
-                BatchPolicy(
-                    max_rows=settings.batch_max_rows,
-                    max_wait=settings.batch_max_wait_ms / 1000,
-                    enabled=settings.batching,
-                )
-            ),
-        ],
-    )
+    # The backend and the batcher are attached to each version as it loads (app.serving.loading).
+    registry = registry_for(settings)
     dataplane = DataPlane(registry)
     # OpenTelemetry, by the standard OTEL_* variables (app.tracing): off unless they name an
     # exporter, and then started in each worker (the lifespan runs after gunicorn's fork).
@@ -144,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(files.router)
+    app.include_router(stream.router)
     app.include_router(forms.router)
     app.include_router(v2.router)
     if settings.docs_enabled:

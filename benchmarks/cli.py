@@ -47,6 +47,7 @@ from benchmarks.servers import (
     wait_ready,
 )
 from benchmarks.store import MODELS, ModelBackend, build_store, read_backends
+from benchmarks.streaming import FULL_ROWS, QUICK_ROWS, StreamResult, run_stream
 from benchmarks.throughput import (
     ScenarioResult,
     default_scenarios,
@@ -56,7 +57,7 @@ from benchmarks.throughput import (
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("throughput", "bulk", "memory", "grpc")
+SECTIONS = ("throughput", "bulk", "stream", "memory", "grpc")
 # The order each round runs them in.
 CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
 BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
@@ -72,6 +73,7 @@ class Plan:
     duration_s: int
     warmup_s: int
     bulk_repeats: int
+    stream_rows: int
     forest: ForestSpec
     sections: tuple[str, ...]
     server_cpu: int
@@ -100,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bulk-repeats", type=int, help="Timed 10,000-row repetitions (default 7; quick 2)."
+    )
+    parser.add_argument(
+        "--stream-rows",
+        type=int,
+        help=f"Rows streamed in the stream section (default {FULL_ROWS:,}; quick {QUICK_ROWS:,}).",
     )
     parser.add_argument(
         "--forest-trees",
@@ -155,6 +162,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         duration_s=pick(args.duration, 6, 2),
         warmup_s=pick(args.warmup, 2, 0, least=0),
         bulk_repeats=pick(args.bulk_repeats, 7, 2),
+        stream_rows=pick(args.stream_rows, FULL_ROWS, QUICK_ROWS),
         forest=ForestSpec(trees=trees),
         sections=tuple(section for section in SECTIONS if section not in args.skip),
         server_cpu=args.server_cpu,
@@ -217,11 +225,11 @@ def _rounds_dropped(plan: Plan, throughput: list[ScenarioResult]) -> dict[str, A
 
 def _run_against_servers(
     plan: Plan, store: Path, work_dir: Path, meta: dict[str, Any]
-) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend]]:
-    """The throughput and bulk sections, which share one server per configuration."""
+) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend], StreamResult | None]:
+    """The throughput, bulk and stream sections, which share one server per configuration."""
     wanted = set(plan.sections)
     if not wanted & {"throughput", "bulk"}:
-        return [], None, []
+        return [], None, [], None
     configurations = CONFIGURATIONS if "throughput" in wanted else BULK_CONFIGURATIONS
     scenarios = []
     for scenario in default_scenarios():
@@ -265,7 +273,16 @@ def _run_against_servers(
         if "bulk" in wanted:
             with httpx.Client(timeout=300) as client:
                 bulk = run_bulk(store, by_key, repeats=plan.bulk_repeats, client=client)
-        return throughput, bulk, backends
+        stream = None
+        if "stream" in wanted:
+            stream = run_stream(
+                store,
+                rows=plan.stream_rows,
+                work_dir=work_dir,
+                server_cpu=plan.server_cpu,
+                server=by_key["modelport"],
+            )
+        return throughput, bulk, backends, stream
     finally:
         for server in servers:
             stop_server(server)
@@ -292,13 +309,18 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         # Other work on the machine is noise the min–max columns show; this says how much ran.
         "load_average_at_start": [round(value, 2) for value in _load_average()],
     }
-    if store is None and {"throughput", "bulk", "grpc"} & set(plan.sections):
+    if store is None and {"throughput", "bulk", "stream", "grpc"} & set(plan.sections):
         store = build_store(work_dir)
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
     backends: list[ModelBackend] = []
+    stream: StreamResult | None = None
     if store is not None:
-        throughput, bulk, backends = _run_against_servers(plan, store, work_dir, meta)
+        throughput, bulk, backends, stream = _run_against_servers(plan, store, work_dir, meta)
+        if stream is None and "stream" in plan.sections:  # alone: a server of its own
+            stream = run_stream(
+                store, rows=plan.stream_rows, work_dir=work_dir, server_cpu=plan.server_cpu
+            )
     meta["rounds_dropped"] = _rounds_dropped(plan, throughput)
     grpc: list[GrpcScenarioResult] = []
     if store is not None and "grpc" in plan.sections:
@@ -319,7 +341,13 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
     meta["load_average_at_end"] = [round(value, 2) for value in _load_average()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     return BenchReport(
-        meta=meta, throughput=throughput, bulk=bulk, memory=memory, backends=backends, grpc=grpc
+        meta=meta,
+        throughput=throughput,
+        bulk=bulk,
+        memory=memory,
+        backends=backends,
+        stream=stream,
+        grpc=grpc,
     )
 
 

@@ -17,6 +17,7 @@ from benchmarks.grpc_section import GrpcScenarioResult, grpc_table
 from benchmarks.memory import MemoryResult
 from benchmarks.stats import Spread, TargetCheck
 from benchmarks.store import ModelBackend
+from benchmarks.streaming import StreamResult, stream_table
 from benchmarks.targets import ISSUE
 from benchmarks.throughput import REFERENCES, ConfigurationResult, ScenarioResult
 
@@ -37,6 +38,9 @@ class BenchReport:
     memory: MemoryResult | None
     # The backend of each benchmarked model's default version, as modelport reported it.
     backends: list[ModelBackend] = dataclasses.field(default_factory=list)
+    # Issue 21's bulk stream (its targets are reported with it, not among issue 16's).
+    stream: StreamResult | None = None
+    # Issue 17's gRPC beside REST.
     grpc: list[GrpcScenarioResult] = dataclasses.field(default_factory=list)
 
 
@@ -288,6 +292,8 @@ def to_markdown(report: BenchReport) -> str:
         lines += _scenario_table(scenario)
     if report.bulk is not None:
         lines += _bulk_table(report.bulk)
+    if report.stream is not None:
+        lines += stream_table(report.stream)
     if report.memory is not None:
         lines += _memory_table(report.memory)
     if report.grpc:

@@ -27,6 +27,9 @@ LAYERS: dict[str, int] = {
     "app.grpc": 4,
     "app.server": 4,
     "app.training": 4,
+    # `modelport score`: runs the stream codecs and the data plane in-process, or talks HTTP
+    # to a server itself; beside http, which it does not need.
+    "app.bulk": 4,
     "routers": 5,
     "app.main": 6,
     "app.cli": 6,

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from app.codecs.v2.metadata import v2_datatypes, v2_example, v2_layout, v2_outputs
 from app.codecs.v2.protocol import HEADER_LENGTH, HEADER_LENGTH_DIGITS
 from app.http import paths
+from app.http.openapi_stream import fill_stream_operation
 from app.serving.model import LoadedModel
 from app.serving.registry import ModelRegistry
 from schemas.forms import FormOptions
@@ -25,6 +26,8 @@ TEMPLATED_PATHS = (
     paths.VERSION_PREDICT,
     paths.PREDICT_FILE,
     paths.PREDICT_FORM,
+    paths.PREDICT_STREAM,
+    paths.VERSION_PREDICT_STREAM,
     paths.INFER,
     paths.VERSION_INFER,
 )
@@ -102,6 +105,7 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
         }
         if default.card.input_kind == "tabular":
             operations[paths.PREDICT_FORM] = typed.form(default)
+            operations[paths.PREDICT_STREAM] = typed.stream(default, pinned=False)
         for template, operation in operations.items():
             if operation:
                 documented[concrete[template]] = {"post": operation}
@@ -110,6 +114,8 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
                 paths.VERSION_PREDICT: typed.predict(model, pinned=True),
                 paths.VERSION_INFER: typed.infer(model, pinned=True),
             }
+            if model.card.input_kind == "tabular":
+                pinned[paths.VERSION_PREDICT_STREAM] = typed.stream(model, pinned=True)
             for template, operation in pinned.items():
                 if operation:
                     path = concrete[template].replace("{version}", str(version))
@@ -208,6 +214,12 @@ class _TypedOperations:
             success = operation["responses"]["200"]["content"]["application/json"]
             success["example"] = model.example_response
         return operation
+
+    def stream(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """A streamed CSV or NDJSON body, answered row by row as it arrives."""
+        templates = (paths.PREDICT_STREAM, paths.VERSION_PREDICT_STREAM)
+        operation = self._versioned(model, pinned=pinned, templates=templates, verb="stream")
+        return fill_stream_operation(operation, model) if operation else operation
 
     def file(self, model: LoadedModel) -> dict[str, Any]:
         """An uploaded CSV (tabular models) or PNG/JPEG (image models)."""

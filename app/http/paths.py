@@ -16,6 +16,8 @@ PREDICT = "/models/{model_name}/predict"
 VERSION_PREDICT = "/models/{model_name}/versions/{version}/predict"
 PREDICT_FILE = "/models/{model_name}/predict/file"
 PREDICT_FORM = "/models/{model_name}/predict/form"
+PREDICT_STREAM = "/models/{model_name}/predict/stream"
+VERSION_PREDICT_STREAM = "/models/{model_name}/versions/{version}/predict/stream"
 FORM_PAGE = "/models/{model_name}/form"
 
 # The Open Inference Protocol.
@@ -36,5 +38,7 @@ DOCS_OAUTH2_REDIRECT = "/docs/oauth2-redirect"
 REDOC = "/redoc"
 DOCS_ASSETS = "/static/docs"
 
-# Uploads (files, forms) get the upload byte limit; every other body the body limit.
+# Uploads (files, forms) get the upload byte limit; streams their own (the stream routes count
+# their bodies themselves); every other body the body limit.
 UPLOAD_SUFFIXES = (PREDICT_FILE.removeprefix(MODEL), PREDICT_FORM.removeprefix(MODEL))
+STREAM_SUFFIX = PREDICT_STREAM.removeprefix(MODEL)

@@ -11,10 +11,11 @@ explanations next) calls this object, and owns only its wire format and its erro
 Decoders and encoders come from the surface (app.codecs): the data plane decides where they
 run (on the event loop when tiny, else in a thread) and runs the rows through the version's
 runner (its micro-batcher), so every surface gets the same validation, batching and checks.
+A stream (a body of any length) takes the same path chunk by chunk: `stream`.
 Free of FastAPI, like everything below the HTTP layer.
 """
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -22,11 +23,13 @@ from app.serving.model import LoadedModel, ModelOutput, run
 from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
 from app.serving.registry import ModelRegistry
 from app.serving.schema import Rows
+from app.serving.streaming import StreamCodec, stream_answers
 from app.serving.traffic import Routed, route
 from app.tracing import TRACING, RequestTrace
 
 Context = TypeVar("Context")
 Reply = TypeVar("Reply")
+Piece = TypeVar("Piece")
 
 
 @dataclass(frozen=True)
@@ -150,3 +153,17 @@ class DataPlane:
             raise
         trace.called(timing, len(rows))
         return output
+
+    def stream(
+        self,
+        model: LoadedModel,
+        pieces: AsyncIterator[Piece],
+        codec: StreamCodec[Piece, Context, Reply],
+        *,
+        abort: bool = False,
+    ) -> AsyncIterator[Reply]:
+        """A stream end to end (app.serving.streaming): each piece decoded by the codec, its
+        rows through `predict_rows` (batched with every other request), answered in order
+        with a bounded number of chunks in flight, and a summary last. `abort`: stop at the
+        first bad row instead of answering each in its place."""
+        return stream_answers(self.predict_rows, model, pieces, codec, abort=abort)

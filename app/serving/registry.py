@@ -165,9 +165,11 @@ def scan_store(
     trusted_types: list[str],
     on_load: Sequence[LoadHook] = (),
     version_policy: VersionPolicy = "refuse",
+    only: str | None = None,
 ) -> StoreSnapshot:
-    """Load every version in the store. Each loaded version is handed to the `on_load` hooks
-    (e.g. batching, which attaches a runner) before anything can serve it."""
+    """Load every version in the store (of the model named `only`, when given). Each loaded
+    version is handed to the `on_load` hooks (e.g. batching, which attaches a runner) before
+    anything can serve it."""
     if not model_dir.is_dir():
         reason = (
             "is not a directory" if model_dir.exists() else "model store directory does not exist"
@@ -177,6 +179,8 @@ def scan_store(
     problems: dict[str, str] = {}
     model_paths = []
     for path in sorted(p for p in model_dir.iterdir() if not p.name.startswith(".")):
+        if only is not None and path.name != only:
+            continue
         if path.is_dir():
             model_paths.append(path)
         elif path.is_symlink():  # a model folder whose link target is gone must not vanish silently
@@ -252,12 +256,15 @@ class ModelRegistry:
         trusted_types: list[str] | None = None,
         on_load: Sequence[LoadHook] = (),
         version_policy: VersionPolicy = "refuse",
+        only: str | None = None,
     ) -> None:
+        """`only`: load that one model's versions, not the whole store (`modelport score`)."""
         self.model_dir = model_dir
         self.version_policy = version_policy
         self.max_rows = max_rows
         self.trusted_types = list(trusted_types or [])
         self.on_load = tuple(on_load)
+        self.only = only
         self._snapshot = StoreSnapshot(entries={}, problems={"store": "not loaded yet"})
         self._lock = threading.Lock()
         self.generation = 0
@@ -270,6 +277,7 @@ class ModelRegistry:
             trusted_types=self.trusted_types,
             on_load=self.on_load,
             version_policy=self.version_policy,
+            only=self.only,
         )
         with self._lock:
             self._snapshot = snapshot

@@ -217,6 +217,8 @@ TEMPLATED = [
     "/models/{model_name}/versions/{version}/predict",
     "/models/{model_name}/predict/file",
     "/models/{model_name}/predict/form",
+    "/models/{model_name}/predict/stream",
+    "/models/{model_name}/versions/{version}/predict/stream",
     "/v2/models/{model_name}/infer",
     "/v2/models/{model_name}/versions/{version}/infer",
 ]
@@ -254,6 +256,10 @@ def test_templated_prediction_routes_still_answer(client: TestClient, path: str)
         response = client.post(concrete, files={"file": ("rows.csv", b"a,b\n1,2\n")})
     elif path.endswith("/form"):
         response = client.post(concrete, data={"a": "1", "b": "2"})
+    elif path.endswith("/stream"):
+        response = client.post(
+            concrete, content=b"a,b\n1,2\n", headers={"content-type": "text/csv"}
+        )
     else:
         response = client.post(concrete, json={"instances": [[1, 2]]})
 

@@ -8,14 +8,16 @@ from typing import TypedDict
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from app.access_log import ACCESS_LOG
 from app.config import Settings, get_settings
+from app.grpc.server import start_grpc
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
 from app.http.docs_pages import install_docs
 from app.http.errors import add_exception_handlers
 from app.http.middleware.body_limit import BodyLimitMiddleware
 from app.http.middleware.cors import EnvelopeCORSMiddleware
-from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
+from app.http.middleware.observability import ObservabilityMiddleware
 from app.http.openapi import install_openapi
 from app.metrics import TURN_METRICS
 from app.serving.backend_gate import backend_hook
@@ -87,7 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # worker (app.server.gunicorn_conf), so the models' memory is shared: keep that copy.
         if not registry.loaded:
             registry.load()
+        # The gRPC surface, on this process's event loop: under gunicorn, in every worker after
+        # the fork (app.grpc.server).
+        grpc_server = await start_grpc(dataplane, settings) if settings.grpc_port else None
         yield {"registry": registry, "dataplane": dataplane}
+        if grpc_server is not None:  # calls in flight finish before the models go
+            await grpc_server.stop(grace=settings.graceful_timeout)
         registry.clear()
         ACCESS_LOG.flush()
         TURN_METRICS.flush()

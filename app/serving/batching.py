@@ -29,7 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.serving.model import LoadedModel, ModelOutput, call_estimator, check_output, run
+from app.metrics import SHARED_BATCHES, TURN_METRICS
+from app.serving.model import (
+    LoadedModel,
+    ModelOutput,
+    Transport,
+    call_estimator,
+    check_output,
+    run,
+)
 from app.serving.offload import in_thread
 from app.serving.schema import Row, Rows
 
@@ -53,6 +61,7 @@ class BatchPolicy:
 class _Waiting:
     rows: Rows
     reply: asyncio.Future[ModelOutput]
+    transport: Transport
 
 
 class MicroBatcher:
@@ -68,14 +77,17 @@ class MicroBatcher:
         # until the first such call has been timed).
         self.small_call_seconds = math.inf
 
-    async def predict(self, rows: Rows, *, alone: bool = False) -> ModelOutput:
+    async def predict(
+        self, rows: Rows, *, alone: bool = False, transport: Transport = "http"
+    ) -> ModelOutput:
         """This request's checked output. `alone`: no other request is in flight in this
-        worker, so a call measured cheap may run on the event loop without holding anyone up."""
+        worker, so a call measured cheap may run on the event loop without holding anyone up.
+        `transport`: the protocol the request came by (counted when batches mix them)."""
         if not self.policy.enabled:
             return await in_thread(run, self.model, rows)
         if self._busy:
             reply: asyncio.Future[ModelOutput] = asyncio.get_running_loop().create_future()
-            self._queue.append(_Waiting(rows, reply))
+            self._queue.append(_Waiting(rows, reply, transport))
             return await reply
         # Idle: this request runs at once, alone; whatever queues meanwhile is drained after.
         # A call measured cheaper than the hop to a thread and back runs on the event loop.
@@ -134,6 +146,11 @@ class MicroBatcher:
         batch = [waiting for waiting in batch if not waiting.reply.done()]  # clients gone
         if not batch:
             return
+        if len(batch) > 1:
+            protocols = "+".join(sorted({waiting.transport for waiting in batch}))
+            TURN_METRICS.inc(
+                SHARED_BATCHES.labels(self.model.name, str(self.model.version), protocols)
+            )
         try:
             output = await in_thread(
                 call_estimator, self.model, _concatenate([waiting.rows for waiting in batch])

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from app.serving.model import LoadedModel, ModelOutput, run
+from app.serving.model import LoadedModel, ModelOutput, Transport, run
 from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
 from app.serving.registry import ModelRegistry
 from app.serving.schema import Rows
@@ -66,14 +66,14 @@ class DataPlane:
 
     # -- predict -------------------------------------------------------------------------------
     async def predict_rows(
-        self, model: LoadedModel, rows: Rows, *, alone: bool = False
+        self, model: LoadedModel, rows: Rows, *, alone: bool = False, transport: Transport = "http"
     ) -> ModelOutput:
         """Validated rows through the version's runner (batched with concurrent requests from
-        every surface), each request's output checked (finite, one answer per row). `alone`:
-        no other request is in flight in this worker."""
+        every surface and protocol), each request's output checked (finite, one answer per
+        row). `alone`: no other request is in flight in this worker."""
         if model.runner is None:  # loaded without hooks: alone, in a thread
             return await in_thread(run, model, rows)
-        return await model.runner.predict(rows, alone=alone)
+        return await model.runner.predict(rows, alone=alone, transport=transport)
 
     async def infer(
         self,
@@ -82,14 +82,18 @@ class DataPlane:
         encode: Callable[[LoadedModel, ModelOutput, Context], Reply],
         *,
         work: int,
+        transport: Transport = "http",
     ) -> Reply:
         """One request end to end. `work` is the request's size in bytes (or `BLOCKING` for a
         decoder that may block on I/O): small requests are decoded and encoded on the event
-        loop, which is cheaper than a thread hop; large ones in a thread."""
+        loop, which is cheaper than a thread hop; large ones in a thread. `transport`: the
+        protocol it came by (gRPC or HTTP)."""
         self.in_flight += 1
         try:
             decoded = await offload(decode, model, work=work)
-            output = await self.predict_rows(model, decoded.rows, alone=self.in_flight == 1)
+            output = await self.predict_rows(
+                model, decoded.rows, alone=self.in_flight == 1, transport=transport
+            )
             return await offload(
                 encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
             )

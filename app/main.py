@@ -1,6 +1,7 @@
 """The application factory and lifespan. `app = create_app()` is the ASGI entrypoint."""
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -20,6 +21,7 @@ from app.http.middleware.cors import EnvelopeCORSMiddleware
 from app.http.middleware.observability import ObservabilityMiddleware
 from app.http.openapi import install_openapi
 from app.metrics import TURN_METRICS
+from app.server.handover import hand_over
 from app.serving.backend_gate import backend_hook
 from app.serving.batching import BatchPolicy, batching_hook
 from app.serving.dataplane import DataPlane
@@ -27,6 +29,9 @@ from app.serving.registry import ModelRegistry
 from routers import files, forms, health, models, predict, v2
 
 logger = logging.getLogger("modelport")
+
+# How long a worker shutting down keeps the gRPC port for a new worker to start listening on it.
+HANDOVER_SECONDS = 10.0
 
 
 class State(TypedDict):
@@ -93,8 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the fork (app.grpc.server).
         grpc_server = await start_grpc(dataplane, settings) if settings.grpc_port else None
         yield {"registry": registry, "dataplane": dataplane}
-        if grpc_server is not None:  # calls in flight finish before the models go
-            await grpc_server.stop(grace=settings.graceful_timeout)
+        if grpc_server is not None:
+            # On a reload the port stays served until a new worker listens on it (gRPC's
+            # listeners are the workers' own); then calls in flight finish before the models go.
+            started = time.monotonic()
+            await hand_over(grpc_server.port, timeout=HANDOVER_SECONDS)
+            spent = time.monotonic() - started
+            await grpc_server.stop(grace=max(settings.graceful_timeout - spent, 1.0))
         registry.clear()
         ACCESS_LOG.flush()
         TURN_METRICS.flush()

@@ -89,6 +89,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  #
                 expired = remaining is not None and remaining <= 0
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                 raise
+            except grpc.aio.AbortError:  # the handler set its own status
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
             except Exception:
                 logger.exception("unhandled error on %s", method)
                 code = grpc.StatusCode.INTERNAL

@@ -1,7 +1,8 @@
 """The data plane: the one protocol-neutral path from a request to its reply.
 
-Every surface (JSON rows, file uploads, forms, the Open Inference Protocol; gRPC, streams and
-explanations next) calls this object, and owns only its wire format and its error envelope:
+Every surface (JSON rows, file uploads, forms, the Open Inference Protocol over REST and gRPC;
+streams and explanations next) calls this object, and owns only its wire format and its error
+envelope:
 
     resolve the version (pinned, default, canary session)  ->  `resolve` / `model`
     decode and validate (the surface's codec)               ->  `infer(decode=...)`

@@ -7,6 +7,7 @@ Requests are built as any client builds them: the protocol's messages, raw tenso
 """
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,20 @@ def test_outputs_are_checked_before_decoding(models: dict[str, LoadedModel]) -> 
     message = _flowers(fp64_contents=[1.0] * 3)  # also a wrong count: the output is named first
     message.outputs.add(name="predict").parameters["classification"].int64_param = 2
     refused(models["flowers"], message, "the classification extension is not supported")
+
+
+def test_the_committed_generated_code_is_what_make_proto_writes(tmp_path: Path) -> None:
+    """app/codecs/grpc/proto's *_pb2*.py are regenerated from the .proto by `make proto` and
+    committed: they must be exactly what grpcio-tools writes for the .proto as it is."""
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # no types shipped
+
+    repo = Path(__file__).resolve().parents[3]
+    proto = "app/codecs/grpc/proto/grpc_predict_v2.proto"
+    shutil.copytree(repo / "app" / "codecs" / "grpc" / "proto", tmp_path / Path(proto).parent)
+    for generated in (tmp_path / Path(proto).parent).glob("*_pb2*.py"):
+        generated.unlink()
+    argv = ["protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}"]
+    assert protoc.main([*argv, str(tmp_path / proto)]) == 0
+    for name in ("grpc_predict_v2_pb2.py", "grpc_predict_v2_pb2_grpc.py"):
+        committed = (repo / Path(proto).parent / name).read_text()
+        assert (tmp_path / Path(proto).parent / name).read_text() == committed, name

@@ -216,3 +216,8 @@ def test_a_cycle_is_found(tmp_path: Path) -> None:
     }
     problems = check_layers(_tree(tmp_path, files))
     assert problems == ["import cycle: app.serving.batching -> app.serving.model"]
+
+
+def test_generated_protocol_modules_are_exempt_from_the_line_limit(tmp_path: Path) -> None:
+    generated = {"app/codecs/__init__.py": "", "app/codecs/x_pb2_grpc.py": "x = 1\n" * 450}
+    assert check_layers(_tree(tmp_path, {**CLEAN, **generated})) == []

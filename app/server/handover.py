@@ -8,8 +8,10 @@ a client connecting meanwhile would be refused. So a worker shutting down first 
 for a worker forked after it to listen on the port.
 
 Its successors are found through /proc (Linux, like SO_REUSEPORT's sharing): the processes with
-the same parent and command line, started after this one. On a plain shutdown there are none
-and nothing waits. Without /proc, nothing waits either.
+the same parent and command line, started after this one. On a plain shutdown (every worker
+stopping) the youngest has none and stops at once; an older one may find a younger one that has
+already closed its listener and then waits for it to exit (or for the timeout), still serving.
+Without /proc, nothing waits.
 """
 
 import asyncio
@@ -24,7 +26,7 @@ _LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
 
 async def hand_over(port: int, timeout: float) -> bool:
     """Wait until a successor of this process listens on `port`, for at most `timeout` seconds.
-    True when one does; False at once when this process has no successor."""
+    True when one does; False when this process has no (more) successor, or at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         successors = _successors()

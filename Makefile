@@ -12,7 +12,7 @@ OLDSKLEARN_STAMP := $(OLDSKLEARN_VENV)/.installed
 # The native hot path (app/native): built with the machine's C compiler, if it has one.
 NATIVE := app/native/hotpath.so
 
-.PHONY: serve dev train test lint format lock clean bench bench-quick
+.PHONY: serve dev train test lint format lock clean bench bench-quick proto
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python >= 3.11"'
@@ -60,6 +60,15 @@ bench: $(STAMP) $(NATIVE)
 # The same harness in about a minute, results in a temporary directory: proves it runs.
 bench-quick: $(STAMP) $(NATIVE)
 	$(BIN)/python -m benchmarks --quick
+
+# The gRPC service's messages and stubs, generated from its .proto by grpcio-tools (a dev
+# dependency) and committed beside it: installing modelport or building the image then needs no
+# protocol compiler, and a change to the protocol is reviewed as a diff of the generated code.
+# Run after editing the .proto; grpcio-tools 1.81.1 writes code that needs grpcio >= 1.81.1 and
+# protobuf >= 6.33.5 at run time.
+PROTO := app/codecs/grpc/proto/grpc_predict_v2.proto
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(PROTO)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

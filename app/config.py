@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default=Path("models"), description="Model store root.")
     host: str = Field(default="127.0.0.1", description="Address gunicorn binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port gunicorn binds to.")
+    grpc_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC Open Inference Protocol service, on the same host; every worker listens on it (SO_REUSEPORT). 0 turns gRPC off.",
+    )
     workers: int = Field(default=2, ge=1, description="gunicorn worker processes.")
     worker_timeout: int = Field(
         default=60,
@@ -69,6 +75,11 @@ class Settings(BaseSettings):
         default=32 * 1024 * 1024,
         ge=1024,
         description="Largest JSON request body accepted, in bytes.",
+    )
+    grpc_max_message_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest gRPC message received or sent, in bytes; a larger request is refused with RESOURCE_EXHAUSTED (default: MODELPORT_MAX_BODY_BYTES).",
     )
     max_upload_bytes: int = Field(
         default=64 * 1024 * 1024,

@@ -1,5 +1,6 @@
-"""The service's errors. The core raises these (never `HTTPException`); `app.http.errors`
-turns them into the one envelope `{"error": "<Kind>", "detail": ...}`.
+"""The service's errors. The core raises these (never `HTTPException`); each protocol turns them
+into its own envelope: `app.http.errors` (`{"error": "<Kind>", "detail": ...}`, and the Open
+Inference Protocol's `{"error": "<message>"}`), `app.grpc.errors` (a gRPC status code and message).
 
 Kept free of FastAPI so the inference core and the CLI can use it.
 """
@@ -72,10 +73,29 @@ class UnsupportedMediaType(ServiceError):
     status_code = 415
 
 
+class Unimplemented(ServiceError):
+    """An operation of a protocol that this server does not offer (yet)."""
+
+    status_code = 501
+
+
 class InferenceError(ServiceError):
     """The model itself failed on input that passed validation: a server-side fault."""
 
     status_code = 500
+
+
+def one_line(kind: str, detail: Any) -> str:
+    """An error as one line of text, for protocols whose errors are a message (the Open Inference
+    Protocol's `{"error"}`, a gRPC status): pydantic's issues as "loc: msg" each, joined by "; ";
+    else the message; else the kind."""
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(map(str, issue.get('loc', [])))}: {issue.get('msg', '')}"
+            for issue in detail
+            if isinstance(issue, dict)
+        )
+    return str(detail) if detail else kind
 
 
 def clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -10,17 +11,20 @@ from typing import TypedDict
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from app.access_log import ACCESS_LOG
 from app.config import Settings, get_settings
+from app.grpc.server import start_grpc
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
 from app.http.docs_pages import install_docs
 from app.http.errors import add_exception_handlers
 from app.http.middleware.body_limit import BodyLimitMiddleware
 from app.http.middleware.cors import EnvelopeCORSMiddleware
-from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
+from app.http.middleware.observability import ObservabilityMiddleware
 from app.http.middleware.tracing import TracingMiddleware
 from app.http.openapi import install_openapi
 from app.metrics import TURN_METRICS
+from app.server.handover import hand_over
 from app.serving.dataplane import DataPlane
 from app.serving.loading import registry_for
 from app.serving.registry import ModelRegistry
@@ -28,6 +32,9 @@ from app.tracing import TRACING, trace_exporters
 from routers import files, forms, health, models, predict, stream, v2
 
 logger = logging.getLogger("modelport")
+
+# How long a worker shutting down keeps the gRPC port for a new worker to start listening on it.
+HANDOVER_SECONDS = 10.0
 
 
 class State(TypedDict):
@@ -84,7 +91,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry.load()
         if exporters:
             TRACING.start(exporters, service_version=app.version)
+        # The gRPC surface, on this process's event loop: under gunicorn, in every worker after
+        # the fork (app.grpc.server).
+        grpc_server = await start_grpc(dataplane, settings) if settings.grpc_port else None
         yield {"registry": registry, "dataplane": dataplane}
+        if grpc_server is not None:
+            # On a reload the port stays served until a new worker listens on it (gRPC's
+            # listeners are the workers' own); then calls in flight finish before the models go.
+            started = time.monotonic()
+            await hand_over(grpc_server.port, timeout=HANDOVER_SECONDS)
+            spent = time.monotonic() - started
+            await grpc_server.stop(grace=max(settings.graceful_timeout - spent, 1.0))
         registry.clear()
         ACCESS_LOG.flush()
         TURN_METRICS.flush()

@@ -46,11 +46,13 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter(
-    "modelport_requests_total", "HTTP requests answered.", ["route", "method", "status"]
+    "modelport_requests_total",
+    "Requests answered: HTTP, and gRPC calls (method GRPC, status the HTTP equivalent of the gRPC code).",
+    ["route", "method", "status"],
 )
 LATENCY = Histogram(
     "modelport_request_duration_seconds",
-    "Time to answer an HTTP request.",
+    "Time to answer a request (HTTP, or a gRPC call).",
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -65,6 +67,14 @@ BATCH_SIZE = Histogram(
     "Rows passed to one estimator call.",
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384),
+)
+# Whether concurrent requests of different protocols share estimator calls (they should: every
+# surface goes through the same batcher). Counted only for calls serving two or more requests,
+# so a lone request costs nothing here.
+SHARED_BATCHES = Counter(
+    "modelport_shared_batches_total",
+    "Estimator calls that served two or more requests, by those requests' protocols (http, grpc or grpc+http).",
+    ["model", "version", "protocols"],
 )
 # "max": one value per model across workers (they load the same store).
 MODEL_LOADED = Gauge(
@@ -90,6 +100,28 @@ MODEL_LOAD_SECONDS = Gauge(
     ["model", "version"],
     multiprocess_mode="max",
 )
+
+
+# Label children looked up once per (route, method[, status]): `labels()` takes a lock and
+# builds its key on every call. Routes are templates, so these stay small.
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+_HISTOGRAMS: dict[tuple[str, str], Any] = {}
+
+
+def request_counter(route: str, method: str, status: int) -> Any:
+    key = (route, method, status)
+    child = _COUNTERS.get(key)
+    if child is None:
+        child = _COUNTERS[key] = REQUESTS.labels(route, method, str(status))
+    return child
+
+
+def latency_histogram(route: str, method: str) -> Any:
+    key = (route, method)
+    child = _HISTOGRAMS.get(key)
+    if child is None:
+        child = _HISTOGRAMS[key] = LATENCY.labels(route, method)
+    return child
 
 
 def render() -> tuple[bytes, str]:

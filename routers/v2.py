@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.codecs.v2.infer import infer_reply, infer_request
 from app.codecs.v2.metadata import model_metadata
-from app.codecs.v2.protocol import HEADER_LENGTH
+from app.codecs.v2.protocol import HEADER_LENGTH, SERVER_NAME, SERVER_VERSION
 from app.errors import ModelUnavailable
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard, DataPlaneDep, ModelName, ModelVersion
@@ -51,14 +51,12 @@ router = APIRouter(
     },
 )
 
-SERVER_VERSION = "0.1.0"
-
 
 @router.get(paths.V2)
 async def server_metadata() -> ServerMetadata:
     """Server name, version and the protocol extensions it supports."""
     return ServerMetadata(
-        name="modelport", version=SERVER_VERSION, extensions=["binary_tensor_data"]
+        name=SERVER_NAME, version=SERVER_VERSION, extensions=["binary_tensor_data"]
     )
 
 

@@ -29,6 +29,11 @@ from app.main import create_app
 from app.store.artifacts import sha256_of
 from schemas.cards import FeatureSpec, ModelCard, TargetSpec, TrafficSplit
 
+# Apps made in-process (TestClient runs their lifespan) start no gRPC server, and the servers the
+# e2e tests start inherit this: a test that wants gRPC gives it a free port of its own, so runs
+# side by side never share the default port (SO_REUSEPORT would let them, silently).
+os.environ["MODELPORT_GRPC_PORT"] = "0"
+
 FLOWER_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 

@@ -29,7 +29,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.serving.model import LoadedModel, ModelOutput, call_estimator, check_output, run
+from app.metrics import SHARED_BATCHES, TURN_METRICS
+from app.serving.model import (
+    LoadedModel,
+    ModelOutput,
+    Transport,
+    call_estimator,
+    check_output,
+    run,
+)
 from app.serving.offload import in_thread
 from app.serving.schema import Row, Rows
 from app.tracing import TRACING, CallTiming, mark_calls
@@ -54,6 +62,7 @@ class BatchPolicy:
 class _Waiting:
     rows: Rows
     reply: asyncio.Future[ModelOutput]
+    transport: Transport
     timing: CallTiming | None = None  # traced requests: when their batch's call ran
 
 
@@ -71,16 +80,22 @@ class MicroBatcher:
         self.small_call_seconds = math.inf
 
     async def predict(
-        self, rows: Rows, *, alone: bool = False, timing: CallTiming | None = None
+        self,
+        rows: Rows,
+        *,
+        alone: bool = False,
+        transport: Transport = "http",
+        timing: CallTiming | None = None,
     ) -> ModelOutput:
         """This request's checked output. `alone`: no other request is in flight in this
         worker, so a call measured cheap may run on the event loop without holding anyone up.
+        `transport`: the protocol the request came by (counted when batches mix them).
         `timing` (traced requests) learns when the call ran if the request waits for a batch."""
         if not self.policy.enabled:
             return await in_thread(run, self.model, rows)
         if self._busy:
             reply: asyncio.Future[ModelOutput] = asyncio.get_running_loop().create_future()
-            self._queue.append(_Waiting(rows, reply, timing))
+            self._queue.append(_Waiting(rows, reply, transport, timing))
             return await reply
         # Idle: this request runs at once, alone; whatever queues meanwhile is drained after.
         # A call measured cheaper than the hop to a thread and back runs on the event loop.
@@ -139,6 +154,11 @@ class MicroBatcher:
         batch = [waiting for waiting in batch if not waiting.reply.done()]  # clients gone
         if not batch:
             return
+        if len(batch) > 1:
+            protocols = "+".join(sorted({waiting.transport for waiting in batch}))
+            TURN_METRICS.inc(
+                SHARED_BATCHES.labels(self.model.name, str(self.model.version), protocols)
+            )
         started = time.time_ns() if TRACING.on else 0
         try:
             output = await in_thread(

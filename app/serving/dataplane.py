@@ -1,7 +1,8 @@
 """The data plane: the one protocol-neutral path from a request to its reply.
 
-Every surface (JSON rows, file uploads, forms, the Open Inference Protocol; gRPC, streams and
-explanations next) calls this object, and owns only its wire format and its error envelope:
+Every surface (JSON rows, file uploads, forms, the Open Inference Protocol over REST and gRPC;
+streams and explanations next) calls this object, and owns only its wire format and its error
+envelope:
 
     resolve the version (pinned, default, canary session)  ->  `resolve` / `model`
     decode and validate (the surface's codec)               ->  `infer(decode=...)`
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from app.serving.model import LoadedModel, ModelOutput, run
+from app.serving.model import LoadedModel, ModelOutput, Transport, run
 from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
 from app.serving.registry import ModelRegistry
 from app.serving.schema import Rows
@@ -70,21 +71,25 @@ class DataPlane:
 
     # -- predict -------------------------------------------------------------------------------
     async def predict_rows(
-        self, model: LoadedModel, rows: Rows, *, alone: bool = False
+        self, model: LoadedModel, rows: Rows, *, alone: bool = False, transport: Transport = "http"
     ) -> ModelOutput:
         """Validated rows through the version's runner (batched with concurrent requests from
-        every surface), each request's output checked (finite, one answer per row). `alone`:
-        no other request is in flight in this worker."""
+        every surface and protocol), each request's output checked (finite, one answer per
+        row). `alone`: no other request is in flight in this worker."""
         if TRACING.on:
             trace = TRACING.request(model.name, model.version)
             if trace is not None:
-                return await self._predict_traced(model, rows, alone=alone, trace=trace)
-        return await self._predict(model, rows, alone=alone)
+                return await self._predict_traced(
+                    model, rows, alone=alone, transport=transport, trace=trace
+                )
+        return await self._predict(model, rows, alone=alone, transport=transport)
 
-    async def _predict(self, model: LoadedModel, rows: Rows, *, alone: bool) -> ModelOutput:
+    async def _predict(
+        self, model: LoadedModel, rows: Rows, *, alone: bool, transport: Transport
+    ) -> ModelOutput:
         if model.runner is None:  # loaded without hooks: alone, in a thread
             return await in_thread(run, model, rows)
-        return await model.runner.predict(rows, alone=alone)
+        return await model.runner.predict(rows, alone=alone, transport=transport)
 
     async def infer(
         self,
@@ -93,18 +98,24 @@ class DataPlane:
         encode: Callable[[LoadedModel, ModelOutput, Context], Reply],
         *,
         work: int,
+        transport: Transport = "http",
     ) -> Reply:
         """One request end to end. `work` is the request's size in bytes (or `BLOCKING` for a
         decoder that may block on I/O): small requests are decoded and encoded on the event
-        loop, which is cheaper than a thread hop; large ones in a thread."""
+        loop, which is cheaper than a thread hop; large ones in a thread. `transport`: the
+        protocol it came by (gRPC or HTTP)."""
         self.in_flight += 1
         try:
             if TRACING.on:  # all that tracing costs a request when it is off
                 trace = TRACING.request(model.name, model.version)
                 if trace is not None:
-                    return await self._infer_traced(model, decode, encode, work=work, trace=trace)
+                    return await self._infer_traced(
+                        model, decode, encode, work=work, transport=transport, trace=trace
+                    )
             decoded = await offload(decode, model, work=work)
-            output = await self._predict(model, decoded.rows, alone=self.in_flight == 1)
+            output = await self._predict(
+                model, decoded.rows, alone=self.in_flight == 1, transport=transport
+            )
             return await offload(
                 encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
             )
@@ -119,6 +130,7 @@ class DataPlane:
         encode: Callable[[LoadedModel, ModelOutput, Context], Reply],
         *,
         work: int,
+        transport: Transport,
         trace: RequestTrace,
     ) -> Reply:
         def traced_decode(model: LoadedModel) -> Decoded[Context]:
@@ -133,21 +145,29 @@ class DataPlane:
 
         decoded = await offload(traced_decode, model, work=work)
         output = await self._predict_traced(
-            model, decoded.rows, alone=self.in_flight == 1, trace=trace
+            model, decoded.rows, alone=self.in_flight == 1, transport=transport, trace=trace
         )
         return await offload(
             traced_encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
         )
 
     async def _predict_traced(
-        self, model: LoadedModel, rows: Rows, *, alone: bool, trace: RequestTrace
+        self,
+        model: LoadedModel,
+        rows: Rows,
+        *,
+        alone: bool,
+        transport: Transport,
+        trace: RequestTrace,
     ) -> ModelOutput:
         timing = trace.call()
         try:
             if model.runner is None:
                 output = await in_thread(run, model, rows)
             else:
-                output = await model.runner.predict(rows, alone=alone, timing=timing)
+                output = await model.runner.predict(
+                    rows, alone=alone, transport=transport, timing=timing
+                )
         except Exception as exc:
             trace.called(timing, len(rows), exc)
             raise

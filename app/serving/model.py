@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
@@ -51,12 +51,21 @@ class Backend:
 SKLEARN = Backend("sklearn", reason="not chosen at load")
 
 
+# The protocol a request came by: batches may mix them, and the metrics say when they do.
+Transport = Literal["http", "grpc"]
+
+
 class Runner(Protocol):
     """How a version's rows reach its estimator in this process: alone, or in micro-batches
     with other requests' rows (app.serving.batching). Answers each request's checked output."""
 
     async def predict(
-        self, rows: Rows, *, alone: bool = False, timing: CallTiming | None = None
+        self,
+        rows: Rows,
+        *,
+        alone: bool = False,
+        transport: Transport = "http",
+        timing: CallTiming | None = None,
     ) -> ModelOutput: ...
 
 

@@ -99,10 +99,12 @@ def read_reply(conn: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-def start_server(store: Path, log: Path, *, port: int | None = None, **settings: str) -> Server:
+def start_server(
+    store: Path, log: Path, *, port: int | str | None = None, **settings: str
+) -> Server:
     """`port`: one chosen beforehand (a scraper configured before the server starts); else a
-    free one."""
-    port = port or free_port()
+    free one. (Typed to accept a string too, so callers may pass on `**settings` of strings.)"""
+    port = int(port) if port else free_port()
     env = {
         **os.environ,
         "MODELPORT_HOST": "127.0.0.1",

@@ -236,9 +236,9 @@ class Podman:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def start(self, name: str, port: int) -> None:
+    def start(self, name: str, port: int, grpc_port: int) -> None:
         """Run the image as Kubernetes would: read-only root, tmpfs /tmp and /dev/shm; on the host
-        network, bound to loopback only."""
+        network, bound to loopback only, on ports of its own (gRPC's too)."""
         with self.timed("podman run"):
             self(
                 "run", "--detach", "--name", name,
@@ -246,6 +246,7 @@ class Podman:
                 "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
                 "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm",
                 "--env", "MODELPORT_HOST=127.0.0.1", "--env", f"MODELPORT_PORT={port}",
+                "--env", f"MODELPORT_GRPC_PORT={grpc_port}",
                 IMAGE,
                 timeout=300,
             )  # fmt: skip
@@ -311,6 +312,7 @@ class Container:
     podman: Podman
     name: str
     url: str
+    grpc_port: int
 
     def exec(self, *argv: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
         options = ["--user", user] if user else []

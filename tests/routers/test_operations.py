@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from app.access_log import ACCESS_LOG
 from app.config import Settings
-from app.http.middleware.observability import ACCESS_LOG
 from app.main import create_app
 from tests.conftest import build_store
 from tests.routers.test_predict import assert_envelope, strict_json

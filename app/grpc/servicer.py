@@ -1,0 +1,87 @@
+"""The Open Inference Protocol's `GRPCInferenceService`: each RPC in a few lines over the one data
+plane (app.serving.dataplane), which REST's routes call too, so a gRPC call validates, batches and
+predicts exactly as a REST request does, in the same micro-batches.
+
+Unpinned calls go to the model's default version (gRPC clients carry no session cookie, so the
+canary split does not apply, as on REST v2). Errors are raised as `ServiceError`s and answered by
+the interceptor (app.grpc.interceptor) as gRPC statuses.
+"""
+
+from typing import Any
+
+from app.codecs.grpc.infer import infer_reply, infer_request
+from app.codecs.grpc.metadata import model_metadata_response, server_metadata_response
+from app.codecs.grpc.proto import grpc_predict_v2_pb2 as pb
+from app.errors import InvalidInput, ModelUnavailable, Unimplemented
+from app.serving.dataplane import DataPlane
+from app.serving.model import LoadedModel
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def method(name: str) -> str:
+    """A method's full name, as gRPC routes it and as metrics and logs label it."""
+    return f"/{SERVICE}/{name}"
+
+
+def parse_version(text: str) -> int | None:
+    """A request's model version: empty for the default one, else a positive integer."""
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise InvalidInput(
+            f"model version {text[:40]!r} is not a positive integer (1, 2, ...); leave it "
+            "empty for the model's default version"
+        )
+    return int(text)
+
+
+class InferenceServicer:
+    """One per worker, holding the worker's data plane. Registered with the generated
+    `add_GRPCInferenceServiceServicer_to_server`, which looks the methods up by name."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def _model(self, name: str, version: str) -> LoadedModel:
+        return self.dataplane.model(name, parse_version(version))
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        """Ready when the version loaded; not ready when it was refused; NOT_FOUND when the
+        store has no such model or version."""
+        try:
+            self._model(request.name, request.version)
+        except ModelUnavailable:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return server_metadata_response()
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        model = self._model(request.name, request.version)
+        return model_metadata_response(model, self.dataplane.versions(model.name))
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        model = self._model(request.model_name, request.model_version)
+        # The message's size stands for the work of decoding it, as a REST body's length does.
+        return await self.dataplane.infer(
+            model, infer_request(request), infer_reply, work=request.ByteSize(), transport="grpc"
+        )
+
+    # The model repository extension: its messages are served, its behaviour comes with the
+    # repository API (issue 17); until then each call says so.
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("The model repository extension is not available yet")
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("The model repository extension is not available yet")
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        raise Unimplemented("The model repository extension is not available yet")

@@ -1,6 +1,7 @@
 """The application factory and lifespan. `app = create_app()` is the ASGI entrypoint."""
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -8,7 +9,7 @@ from typing import TypedDict
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app.config import Settings, get_settings
+from app.config import MASTER_PID_ENV, Settings, get_settings, repository_state_file_of
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
 from app.http.docs_pages import install_docs
@@ -21,7 +22,10 @@ from app.metrics import TURN_METRICS
 from app.serving.backend_gate import backend_hook
 from app.serving.batching import BatchPolicy, batching_hook
 from app.serving.dataplane import DataPlane
+from app.serving.master_repository import MasterRepository
 from app.serving.registry import ModelRegistry
+from app.serving.repository import InProcessRepository, Repository
+from app.serving.repository_state import StateFile
 from routers import files, forms, health, models, predict, v2
 
 logger = logging.getLogger("modelport")
@@ -58,6 +62,20 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
+def _repository(settings: Settings, registry: ModelRegistry) -> Repository:
+    """Under `modelport serve` the gunicorn master holds the models, and loads and unloads them
+    for its workers; anywhere else (`modelport dev`, tests) this process does."""
+    master = os.environ.get(MASTER_PID_ENV)
+    if master is None:
+        return InProcessRepository(registry)
+    return MasterRepository(
+        registry,
+        StateFile(repository_state_file_of(settings)),
+        master_pid=int(master),
+        timeout=settings.repository_timeout,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
@@ -78,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         ],
     )
-    dataplane = DataPlane(registry)
+    dataplane = DataPlane(registry, _repository(settings, registry))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:

@@ -119,8 +119,9 @@ def _index_lines(rows: list[dict[str, Any]]) -> list[str]:
     ]
     widths = [max(len(line[column]) for line in table) for column in range(3)]
     return [
-        "  ".join(cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True))
-        + f"  {line[3]}".rstrip()
+        "  ".join(
+            [*(cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True)), line[3]]
+        ).rstrip()
         for line in table
     ]
 

@@ -46,6 +46,8 @@ from schemas.v2 import (
 router = APIRouter(
     route_class=OipRoute,
     tags=["v2"],
+    # tritonclient sends its JSON bodies (the repository's included) with no Content-Type.
+    strict_content_type=False,
     responses={
         # "4XX" also stops FastAPI documenting its own 422 body, which /v2 never sends.
         "4XX": {"model": V2Error, "description": 'Client error: `{"error": "<message>"}`.'},

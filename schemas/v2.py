@@ -101,7 +101,8 @@ class V2Error(BaseModel):
 
 # The model repository extension (`inference_rest.md`, "Model Repository Extension").
 class RepositoryIndexRequest(BaseModel):
-    ready: bool = Field(default=False, description="Only the versions ready to serve.")
+    # Strict: `0` or `"yes"` is not a boolean (as in every other request model's numbers).
+    ready: bool = Field(default=False, strict=True, description="Only the versions ready to serve.")
 
 
 class RepositoryIndexEntry(BaseModel):
@@ -117,13 +118,17 @@ class RepositoryIndexEntry(BaseModel):
 
 class RepositoryLoadRequest(BaseModel):
     parameters: dict[str, Any] | None = Field(
-        default=None, description="Accepted and ignored (Triton's `config` and files included)."
+        default=None,
+        strict=True,
+        description="Accepted and ignored (Triton's `config` and files included).",
     )
 
 
 class RepositoryUnloadRequest(BaseModel):
     parameters: dict[str, Any] | None = Field(
-        default=None, description="Accepted and ignored (Triton's `unload_dependents` included)."
+        default=None,
+        strict=True,
+        description="Accepted and ignored (Triton's `unload_dependents` included).",
     )
 
 

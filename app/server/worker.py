@@ -105,7 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """The worker retires: answer whatever request comes within the grace, then close."""
-        if self.retiring:
+        if self.retiring or self.transport.is_closing():
             return
         self.retiring = True
         if self.idle:

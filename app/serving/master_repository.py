@@ -8,7 +8,9 @@ and leave the other workers without it, so a worker never loads. On a load or un
    unloaded, and a numbered request naming the model;
 2. sends SIGHUP to the master (its parent). The master rescans the models the pending requests
    name (`apply_in_master`), records the outcome, then forks fresh workers from itself and
-   retires the old ones gracefully — gunicorn's reload: requests in flight finish;
+   retires the old ones gracefully — gunicorn's reload: requests in flight finish. Requests
+   made while one is pending or being applied send no signal of their own and join it: several
+   concurrent loads and unloads make one reload;
 3. waits, up to `MODELPORT_REPOSITORY_TIMEOUT`, until the master has applied its request and
    every worker it retires has stopped accepting connections, so that the next request,
    whichever worker takes it, sees the change; then answers with the outcome.

@@ -167,5 +167,5 @@ class InProcessRepository:
     def _apply(self, name: str, unload: bool) -> list[RepositoryEntry]:
         with self._lock:
             unloaded = self.registry.unloaded
-            self.registry.unloaded = unloaded | {name} if unload else unloaded - {name}
+            self.registry.unloaded = (unloaded | {name}) if unload else (unloaded - {name})
             return index_of(self.registry.refresh([name]))

@@ -1,12 +1,18 @@
-"""The `modelport` command: train, import, score, serve, reload, dev."""
+"""The `modelport` command: train, import, score, serve, reload, models, dev."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from app.config import get_settings, pid_file_of
 from app.server.allocator import malloc_environment
@@ -112,6 +118,90 @@ def _reload(args: argparse.Namespace) -> int:
         print(f"modelport reload: no running server found via {pid_file}: {exc}", file=sys.stderr)  # noqa: T201
         return 1
     print(f"sent SIGHUP to modelport (pid {pid}): workers are reloading the model store")  # noqa: T201
+    return 0
+
+
+# A 503 with Retry-After (a repository write that met a worker being replaced) is retried.
+RETRIES = 5
+
+
+def _server_url(host: str, port: int) -> str:
+    """The running server's URL from the settings it shares with this command (a wildcard
+    bind address is reached on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _post(url: str, body: dict[str, Any], api_key: str | None, timeout: float) -> Any:
+    """POST JSON and return the decoded reply; an error reply raises `RuntimeError` with the
+    server's message, an unreachable server `OSError`."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["X-API-Key"] = api_key
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    for attempt in range(RETRIES + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                return json.loads(reply.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            retry_after = exc.headers.get("Retry-After", "")
+            if exc.code == 503 and retry_after.isdigit() and attempt < RETRIES:
+                time.sleep(int(retry_after))  # e.g. the workers were being replaced: retry
+                continue
+            try:
+                message = json.loads(exc.read()).get("error", exc.reason)
+            except (ValueError, AttributeError):
+                message = exc.reason
+            raise RuntimeError(f"{exc.code}: {message}") from exc
+    raise AssertionError("unreachable")
+
+
+def _index_lines(rows: list[dict[str, Any]]) -> list[str]:
+    table = [("NAME", "VERSION", "STATE", "REASON")] + [
+        (row["name"], row.get("version") or "-", row["state"], row.get("reason") or "")
+        for row in rows
+    ]
+    widths = [max(len(line[column]) for line in table) for column in range(3)]
+    return [
+        "  ".join(
+            [*(cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True)), line[3]]
+        ).rstrip()
+        for line in table
+    ]
+
+
+def _models(args: argparse.Namespace) -> int:
+    """The running server's model repository (the v2 repository API): index, load, unload."""
+    settings = get_settings()
+    url = (args.url or _server_url(settings.host, settings.port)).rstrip("/")
+    api_key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    timeout = settings.repository_timeout + 30
+    try:
+        if args.verb != "index":
+            _post(
+                f"{url}/v2/repository/models/{quote(args.name, safe='')}/{args.verb}",
+                {},
+                api_key,
+                timeout,
+            )
+        rows = _post(
+            f"{url}/v2/repository/index",
+            {"ready": args.verb == "index" and args.ready},
+            api_key,
+            timeout,
+        )
+    except (RuntimeError, OSError) as exc:
+        print(f"modelport models {args.verb}: {url}: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    if args.verb == "index":
+        lines = _index_lines(rows)
+    elif args.verb == "unload":
+        lines = [f"unloaded {args.name}: every worker has stopped serving it"]
+    else:
+        versions = [row for row in rows if row["name"] == args.name]
+        lines = [f"loaded {args.name}:", *_index_lines(versions)[1:]]
+    for line in lines:
+        print(line)  # noqa: T201 - CLI output
     return 0
 
 
@@ -228,6 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
         "reload", help="Reload the model store in every worker of the running server."
     )
     reload.set_defaults(handler=_reload)
+    models = commands.add_parser(
+        "models",
+        help="The running server's model repository: list, load or unload models.",
+        description="Talks to the running server's repository API (/v2/repository/...).",
+    )
+    verbs = models.add_subparsers(dest="verb", required=True)
+    index = verbs.add_parser("index", help="Every model and version with its state and why.")
+    index.add_argument("--ready", action="store_true", help="Only the versions ready to serve.")
+    load = verbs.add_parser("load", help="Load (or reload) a model's versions from the store.")
+    unload = verbs.add_parser("unload", help="Stop serving a model (until it is loaded again).")
+    for verb in (load, unload):
+        verb.add_argument("name", help="Model name (its folder in the store).")
+    for verb in (index, load, unload):
+        verb.add_argument(
+            "--url", help="The server (default: http://MODELPORT_HOST:MODELPORT_PORT)."
+        )
+        verb.add_argument("--api-key", help="Its API key (default: MODELPORT_API_KEY).")
+        verb.set_defaults(handler=_models)
     dev = commands.add_parser("dev", help="Run uvicorn with --reload for development.")
     dev.set_defaults(handler=_dev)
     return parser

@@ -126,6 +126,15 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="When set, prediction routes require it in the X-API-Key header."
     )
+    repository_writes: bool | None = Field(
+        default=None,
+        description="Repository API writes (load, unload): unset, allowed with the API key when one is set and refused (403) when none is; true, allowed (still with the key when one is set); false, always refused (403).",
+    )
+    repository_timeout: float = Field(
+        default=120,
+        gt=0,
+        description="Seconds a repository load or unload under `modelport serve` waits for the master to reload the model and retire its workers before answering 503.",
+    )
     pid_file: Path | None = Field(
         default=None,
         description="gunicorn master's PID file (default: /tmp/modelport-<port>.pid), used by `modelport reload`.",
@@ -151,6 +160,17 @@ class Settings(BaseSettings):
 
 def pid_file_of(settings: Settings) -> Path:
     return settings.pid_file or Path(f"/tmp/modelport-{settings.port}.pid")
+
+
+# Set by the gunicorn config in the master (`modelport serve`) to its PID, inherited by the
+# workers: the app then leaves loading to the master (app.serving.master_repository).
+MASTER_PID_ENV = "MODELPORT_GUNICORN_MASTER_PID"
+
+
+def repository_state_file_of(settings: Settings) -> Path:
+    """The repository API's state under `modelport serve` (the models unloaded, the loads and
+    unloads asked for and done), beside the master's PID file: one per server."""
+    return pid_file_of(settings).with_suffix(".repository.json")
 
 
 @lru_cache

@@ -27,6 +27,12 @@ class Unauthorized(ServiceError):
     headers = {"WWW-Authenticate": "ApiKey"}
 
 
+class Forbidden(ServiceError):
+    """Refused whoever asks: the operation is turned off by a setting."""
+
+    status_code = 403
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
 
@@ -39,6 +45,20 @@ class ModelUnavailable(ServiceError):
 
 class NotReady(ServiceError):
     status_code = 503
+
+
+class LoadFailed(ServiceError):
+    """A repository load after which no version of the model serves (Triton answers 400 too)."""
+
+    status_code = 400
+
+
+class RepositoryBusy(ServiceError):
+    """A repository load or unload that could not be applied now (the workers are being
+    replaced, or the master did not finish in time): worth retrying."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}
 
 
 class InvalidInput(ServiceError):

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.access_log import ACCESS_LOG
-from app.config import Settings, get_settings
+from app.config import MASTER_PID_ENV, Settings, get_settings, repository_state_file_of
 from app.grpc.server import start_grpc
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
@@ -27,7 +27,10 @@ from app.metrics import TURN_METRICS
 from app.server.handover import hand_over
 from app.serving.dataplane import DataPlane
 from app.serving.loading import registry_for
+from app.serving.master_repository import MasterRepository
 from app.serving.registry import ModelRegistry
+from app.serving.repository import InProcessRepository, Repository
+from app.serving.repository_state import StateFile
 from app.tracing import TRACING, trace_exporters
 from routers import files, forms, health, models, predict, stream, v2
 
@@ -72,12 +75,26 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
+def _repository(settings: Settings, registry: ModelRegistry) -> Repository:
+    """Under `modelport serve` the gunicorn master holds the models, and loads and unloads them
+    for its workers; anywhere else (`modelport dev`, tests) this process does."""
+    master = os.environ.get(MASTER_PID_ENV)
+    if master is None:
+        return InProcessRepository(registry)
+    return MasterRepository(
+        registry,
+        StateFile(repository_state_file_of(settings)),
+        master_pid=int(master),
+        timeout=settings.repository_timeout,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
     # The backend and the batcher are attached to each version as it loads (app.serving.loading).
     registry = registry_for(settings)
-    dataplane = DataPlane(registry)
+    dataplane = DataPlane(registry, _repository(settings, registry))
     # OpenTelemetry, by the standard OTEL_* variables (app.tracing): off unless they name an
     # exporter, and then started in each worker (the lifespan runs after gunicorn's fork).
     exporters = trace_exporters(os.environ)

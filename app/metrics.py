@@ -78,7 +78,7 @@ SHARED_BATCHES = Counter(
 )
 # "max": one value per model across workers (they load the same store).
 MODEL_LOADED = Gauge(
-    "modelport_model_loaded", "1 when the version is serving, 0 when it was refused.", ["model", "version"],
+    "modelport_model_loaded", "1 when the version is serving, 0 when it was refused or unloaded.", ["model", "version"],
     multiprocess_mode="max",
 )  # fmt: skip
 MODEL_BACKEND = Gauge(

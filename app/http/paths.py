@@ -30,6 +30,10 @@ V2_MODEL_READY = "/v2/models/{model_name}/ready"
 V2_MODEL_VERSION_READY = "/v2/models/{model_name}/versions/{version}/ready"
 INFER = "/v2/models/{model_name}/infer"
 VERSION_INFER = "/v2/models/{model_name}/versions/{version}/infer"
+# Its model repository extension.
+REPOSITORY_INDEX = "/v2/repository/index"
+REPOSITORY_LOAD = "/v2/repository/models/{model_name}/load"
+REPOSITORY_UNLOAD = "/v2/repository/models/{model_name}/unload"
 
 # The API docs.
 OPENAPI = "/openapi.json"

@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 from app.serving.model import LoadedModel, ModelOutput, Transport, run
 from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
 from app.serving.registry import ModelRegistry
+from app.serving.repository import InProcessRepository, Repository
 from app.serving.schema import Rows
 from app.serving.streaming import StreamCodec, stream_answers
 from app.serving.traffic import Routed, route
@@ -45,10 +46,12 @@ class Decoded(Generic[Context]):
 
 class DataPlane:
     """The one entry every surface calls: resolve → decode → validate → batch → predict →
-    check → encode. Holds the registry; one per app, shared by every surface in the worker."""
+    check → encode. Holds the registry, and the repository that loads and unloads models (by
+    default in this process); one per app, shared by every surface in the worker."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, repository: Repository | None = None) -> None:
         self.registry = registry
+        self.repository: Repository = repository or InProcessRepository(registry)
         # Requests inside `infer` in this worker: with one, the worker is otherwise idle.
         self.in_flight = 0
 

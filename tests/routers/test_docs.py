@@ -228,7 +228,11 @@ def test_prediction_routes_are_documented_per_model_not_templated(client: TestCl
     """No one schema is true of every model's rows, so each served model (and version) has its
     own typed operation on every surface, and the templated routes are left out."""
     document = openapi(client)
-    posts = {path for path, item in document["paths"].items() if "post" in item}
+    posts = {
+        path
+        for path, item in document["paths"].items()
+        if "post" in item and not path.startswith("/v2/repository/")  # no rows: not typed
+    }
 
     assert posts == {
         path.replace("{model_name}", name).replace("{version}", str(version))

@@ -70,7 +70,9 @@ async def start_grpc(
             ("grpc.so_reuseport", 1),
         ],
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(dataplane, settings), server
+    )
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(dataplane), server)
     reflection.enable_server_reflection(
         (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server

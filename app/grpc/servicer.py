@@ -12,9 +12,11 @@ from typing import Any
 from app.codecs.grpc.infer import infer_reply, infer_request
 from app.codecs.grpc.metadata import model_metadata_response, server_metadata_response
 from app.codecs.grpc.proto import grpc_predict_v2_pb2 as pb
-from app.errors import InvalidInput, ModelUnavailable, Unimplemented
+from app.config import Settings
+from app.errors import InvalidInput, ModelNotFound, ModelUnavailable
 from app.serving.dataplane import DataPlane
 from app.serving.model import LoadedModel
+from app.serving.repository import authorize_write
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -40,8 +42,9 @@ class InferenceServicer:
     """One per worker, holding the worker's data plane. Registered with the generated
     `add_GRPCInferenceServiceServicer_to_server`, which looks the methods up by name."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, settings: Settings) -> None:
         self.dataplane = dataplane
+        self.settings = settings
 
     def _model(self, name: str, version: str) -> LoadedModel:
         return self.dataplane.model(name, parse_version(version))
@@ -75,13 +78,43 @@ class InferenceServicer:
             model, infer_request(request), infer_reply, work=request.ByteSize(), transport="grpc"
         )
 
-    # The model repository extension: its messages are served, its behaviour comes with the
-    # repository API (issue 17); until then each call says so.
+    # The model repository extension (Triton's RPCs), over the same repository as REST's
+    # /v2/repository routes (app.serving.repository): the master loads, the workers share.
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("The model repository extension is not available yet")
+        self._one_repository(request.repository_name)
+        rows = self.dataplane.repository.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=row.name,
+                    version="" if row.version is None else str(row.version),
+                    state=row.state,
+                    reason=row.reason,
+                )
+                for row in rows
+            ]
+        )
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("The model repository extension is not available yet")
+        self._authorize_write(request.repository_name, context)
+        await self.dataplane.repository.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        raise Unimplemented("The model repository extension is not available yet")
+        self._authorize_write(request.repository_name, context)
+        await self.dataplane.repository.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _one_repository(self, name: str) -> None:
+        if name:
+            raise ModelNotFound(
+                f"Repository {name[:80]!r} not found: this server has one, named by the empty string"
+            )
+
+    def _authorize_write(self, repository: str, context: Any) -> None:
+        """The REST routes' rule (app.serving.repository.authorize_write): the key, if one is
+        set (the interceptor has checked it already), and writes turned on."""
+        self._one_repository(repository)
+        metadata = dict(context.invocation_metadata() or ())
+        offered = metadata.get("x-api-key")
+        authorize_write(self.settings, offered if isinstance(offered, str) else None)

@@ -388,3 +388,43 @@ def test_a_reload_hands_the_grpc_port_over_without_a_refused_call(tmp_path: Path
         assert len(seen) - len(failed) > 10, (kind, seen[:5])
         assert {outcome.split(":")[0] for outcome in failed} <= {"CANCELLED"}, (kind, failed)
         assert len(failed) <= 5, (kind, failed)  # at most a call or two per old worker stopping
+
+
+# -- the model repository extension ---------------------------------------------------------------
+def test_tritonclient_repository_index_unload_and_load(served: Served) -> None:
+    """Triton's repository calls over gRPC: the index as REST's, writes refused without the key,
+    and an unload then a load of one model (the master reloads it; the workers share it), after
+    which it serves again. Each step is a new client, so a new connection: a connection opened
+    before a load or unload may still reach a retiring worker until it stops (docs/api.md)."""
+    with served.client() as http:
+        rest_index = http.post("/v2/repository/index", json={}, headers={"X-API-Key": KEY}).json()
+    keyed = {"x-api-key": KEY}
+    index, no_key = triton(
+        served, [{"op": "index", "headers": keyed}, {"op": "unload", "model": "iris"}]
+    )
+    rows = ok(index)["models"]
+    assert [(row["name"], row.get("version", ""), row["state"]) for row in rows] == [
+        (row["name"], str(row.get("version", "")), row["state"]) for row in rest_index
+    ]
+    assert no_key["error"]["status"] == "StatusCode.UNAUTHENTICATED", no_key
+    infer = {"op": "infer", "model": "iris", "inputs": INPUTS["iris"], "headers": keyed}
+    try:
+        ok(triton(served, [{"op": "unload", "model": "iris", "headers": keyed}])[0])
+        (refused,) = triton(served, [infer])
+        assert refused["error"]["status"] == "StatusCode.NOT_FOUND", refused
+        assert "unloaded" in refused["error"]["message"]
+        (state,) = triton(served, [{"op": "index", "headers": keyed}])
+        assert {row["state"] for row in ok(state)["models"] if row["name"] == "iris"} == {
+            "UNLOADED"
+        }
+    finally:
+        ok(triton(served, [{"op": "load", "model": "iris", "headers": keyed}])[0])
+    (served_again,) = triton(served, [infer])
+    assert_equal_to_rest(served, "iris", ok(served_again))
+
+
+def test_loading_an_unknown_model_is_not_found(served: Served) -> None:
+    (unknown_model,) = triton(
+        served, [{"op": "load", "model": "no-such-model", "headers": {"x-api-key": KEY}}]
+    )
+    assert unknown_model["error"]["status"] == "StatusCode.NOT_FOUND", unknown_model

@@ -50,6 +50,14 @@ def call(client: triton.InferenceServerClient, spec: dict[str, Any]) -> Any:
         return client.get_model_metadata(
             spec["model"], spec.get("version", ""), headers=headers, as_json=True
         )
+    if op == "index":
+        return client.get_model_repository_index(headers=headers, as_json=True)
+    if op == "load":
+        client.load_model(spec["model"], headers=headers)
+        return None
+    if op == "unload":
+        client.unload_model(spec["model"], headers=headers)
+        return None
     assert op == "infer", op
     outputs = [triton.InferRequestedOutput(name) for name in spec.get("outputs", [])]
     result = client.infer(

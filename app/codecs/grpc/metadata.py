@@ -11,7 +11,7 @@ from app.serving.model import LoadedModel
 from schemas.v2 import TensorMetadata
 
 # The extensions this service offers over gRPC (binary tensor data is REST's own).
-GRPC_EXTENSIONS: list[str] = []
+GRPC_EXTENSIONS: list[str] = ["model_repository"]
 
 
 def server_metadata_response() -> Any:

@@ -72,6 +72,12 @@ class UnsupportedMediaType(ServiceError):
     status_code = 415
 
 
+class NotExplainable(ServiceError):
+    """No exact explanation method applies to this model (docs/explanations.md says which do)."""
+
+    status_code = 501
+
+
 class InferenceError(ServiceError):
     """The model itself failed on input that passed validation: a server-side fault."""
 

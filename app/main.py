@@ -21,8 +21,9 @@ from app.metrics import TURN_METRICS
 from app.serving.backend_gate import backend_hook
 from app.serving.batching import BatchPolicy, batching_hook
 from app.serving.dataplane import DataPlane
+from app.serving.payload_log import payload_log_from
 from app.serving.registry import ModelRegistry
-from routers import files, forms, health, models, predict, v2
+from routers import explain, files, forms, health, models, predict, v2
 
 logger = logging.getLogger("modelport")
 
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         ],
     )
-    dataplane = DataPlane(registry)
+    payload_log = payload_log_from(settings)
+    dataplane = DataPlane(registry, payload_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -89,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry.load()
         yield {"registry": registry, "dataplane": dataplane}
         registry.clear()
+        if payload_log is not None:
+            payload_log.close()
         ACCESS_LOG.flush()
         TURN_METRICS.flush()
 
@@ -126,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # First, so they are matched first. They carry the API-key guard only when a key is
     # configured: even a guard that lets everything through costs a dependency solve.
     predict.add_routes(app, guard=[ApiKeyGuard] if settings.api_key else [])
+    explain.add_routes(app, guard=[ApiKeyGuard] if settings.api_key else [])
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(files.router)

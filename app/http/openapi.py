@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from app.codecs.v2.metadata import v2_datatypes, v2_example, v2_layout, v2_outputs
 from app.codecs.v2.protocol import HEADER_LENGTH, HEADER_LENGTH_DIGITS
 from app.http import paths
+from app.http.openapi_explain import explain_operation
 from app.serving.model import LoadedModel
 from app.serving.registry import ModelRegistry
 from schemas.forms import FormOptions
@@ -27,6 +28,8 @@ TEMPLATED_PATHS = (
     paths.PREDICT_FORM,
     paths.INFER,
     paths.VERSION_INFER,
+    paths.EXPLAIN,
+    paths.VERSION_EXPLAIN,
 )
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -39,7 +42,7 @@ TAGS = [
     },
     {
         "name": "predict",
-        "description": "The HTML form page of any model. Prediction is typed per model: each model's operations (JSON rows, a pinned version, an uploaded file, form fields, the Open Inference Protocol) are listed under its own tag below.",
+        "description": "The HTML form page of any model. Prediction is typed per model: each model's operations (JSON rows, a pinned version, an uploaded file, form fields, the Open Inference Protocol, explanations) are listed under its own tag below.",
     },
 ]
 
@@ -99,6 +102,7 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
             paths.PREDICT: typed.predict(default, pinned=False),
             paths.PREDICT_FILE: typed.file(default),
             paths.INFER: typed.infer(default, pinned=False),
+            paths.EXPLAIN: typed.explain(default, pinned=False),
         }
         if default.card.input_kind == "tabular":
             operations[paths.PREDICT_FORM] = typed.form(default)
@@ -109,6 +113,7 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
             pinned = {
                 paths.VERSION_PREDICT: typed.predict(model, pinned=True),
                 paths.VERSION_INFER: typed.infer(model, pinned=True),
+                paths.VERSION_EXPLAIN: typed.explain(model, pinned=True),
             }
             for template, operation in pinned.items():
                 if operation:
@@ -208,6 +213,13 @@ class _TypedOperations:
             success = operation["responses"]["200"]["content"]["application/json"]
             success["example"] = model.example_response
         return operation
+
+    def explain(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """Explanations: the same rows as predict, each feature's contribution back."""
+        operation = self._versioned(
+            model, pinned=pinned, templates=(paths.EXPLAIN, paths.VERSION_EXPLAIN), verb="explain"
+        )
+        return explain_operation(operation, model, self.schemas) if operation else operation
 
     def file(self, model: LoadedModel) -> dict[str, Any]:
         """An uploaded CSV (tabular models) or PNG/JPEG (image models)."""

@@ -18,6 +18,10 @@ PREDICT_FILE = "/models/{model_name}/predict/file"
 PREDICT_FORM = "/models/{model_name}/predict/form"
 FORM_PAGE = "/models/{model_name}/form"
 
+# Explanations.
+EXPLAIN = "/models/{model_name}/explain"
+VERSION_EXPLAIN = "/models/{model_name}/versions/{version}/explain"
+
 # The Open Inference Protocol.
 V2 = "/v2"
 V2_LIVE = "/v2/health/live"

@@ -19,6 +19,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import LATENCY, REQUESTS, TURN_METRICS
+from app.serving.payload_log import REQUEST_ID
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -121,6 +122,7 @@ class ObservabilityMiddleware:
         request_id = (
             offered if _REQUEST_ID.fullmatch(offered) else f"{random.getrandbits(128):032x}"
         )
+        REQUEST_ID.set(request_id)  # for the payload log (this request's task's own context)
         status = 500
         model_version = ""
 

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from benchmarks.bulk import BulkResult, run_bulk
+from benchmarks.explain import ExplainResult, run_explain
 from benchmarks.load import LoadError, wrk_version
 from benchmarks.memory import FULL_FOREST, QUICK_FOREST, ForestSpec, MemoryResult, run_memory
 from benchmarks.report import BenchReport, to_markdown, write_report
@@ -54,7 +55,7 @@ from benchmarks.throughput import (
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("throughput", "bulk", "memory")
+SECTIONS = ("throughput", "bulk", "memory", "explain")
 # The order each round runs them in.
 CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
 BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
@@ -216,12 +217,18 @@ def _rounds_dropped(plan: Plan, throughput: list[ScenarioResult]) -> dict[str, A
 
 def _run_against_servers(
     plan: Plan, store: Path, work_dir: Path, meta: dict[str, Any]
-) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend]]:
-    """The throughput and bulk sections, which share one server per configuration."""
+) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend], ExplainResult | None]:
+    """The throughput, bulk and explain sections, which share one server per configuration."""
     wanted = set(plan.sections)
-    if not wanted & {"throughput", "bulk"}:
-        return [], None, []
-    configurations = CONFIGURATIONS if "throughput" in wanted else BULK_CONFIGURATIONS
+    if not wanted & {"throughput", "bulk", "explain"}:
+        return [], None, [], None
+    configurations: tuple[Configuration, ...] = (
+        CONFIGURATIONS
+        if "throughput" in wanted
+        else BULK_CONFIGURATIONS
+        if "bulk" in wanted
+        else (MODELPORT,)
+    )
     scenarios = []
     for scenario in default_scenarios():
         if (store / scenario.model).is_dir():
@@ -264,7 +271,20 @@ def _run_against_servers(
         if "bulk" in wanted:
             with httpx.Client(timeout=300) as client:
                 bulk = run_bulk(store, by_key, repeats=plan.bulk_repeats, client=client)
-        return throughput, bulk, backends
+        explain = None
+        if "explain" in wanted:
+            explain = run_explain(
+                by_key["modelport"],
+                store=store,
+                rounds=plan.rounds,
+                duration_s=plan.duration_s,
+                warmup_s=plan.warmup_s,
+                server_cpu=plan.server_cpu,
+                client_cpu=plan.client_cpu,
+                work_dir=work_dir,
+                cookie=cookie,
+            )
+        return throughput, bulk, backends, explain
     finally:
         for server in servers:
             stop_server(server)
@@ -290,13 +310,14 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         # Other work on the machine is noise the min–max columns show; this says how much ran.
         "load_average_at_start": [round(value, 2) for value in _load_average()],
     }
-    if store is None and {"throughput", "bulk"} & set(plan.sections):
+    if store is None and {"throughput", "bulk", "explain"} & set(plan.sections):
         store = build_store(work_dir)
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
     backends: list[ModelBackend] = []
+    explain: ExplainResult | None = None
     if store is not None:
-        throughput, bulk, backends = _run_against_servers(plan, store, work_dir, meta)
+        throughput, bulk, backends, explain = _run_against_servers(plan, store, work_dir, meta)
     meta["rounds_dropped"] = _rounds_dropped(plan, throughput)
     memory: MemoryResult | None = None
     if "memory" in plan.sections:
@@ -306,7 +327,12 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
     meta["load_average_at_end"] = [round(value, 2) for value in _load_average()]
     meta["wall_s"] = round(time.monotonic() - started, 1)
     return BenchReport(
-        meta=meta, throughput=throughput, bulk=bulk, memory=memory, backends=backends
+        meta=meta,
+        throughput=throughput,
+        bulk=bulk,
+        memory=memory,
+        backends=backends,
+        explain=explain,
     )
 
 

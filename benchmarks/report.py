@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.bulk import BulkResult
 from benchmarks.chart import CHART_LABELS, draw_chart, ms, rate
+from benchmarks.explain import ExplainResult, explain_table
 from benchmarks.memory import MemoryResult
 from benchmarks.stats import Spread, TargetCheck
 from benchmarks.store import ModelBackend
@@ -36,6 +37,7 @@ class BenchReport:
     memory: MemoryResult | None
     # The backend of each benchmarked model's default version, as modelport reported it.
     backends: list[ModelBackend] = dataclasses.field(default_factory=list)
+    explain: ExplainResult | None = None
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -288,6 +290,8 @@ def to_markdown(report: BenchReport) -> str:
         lines += _bulk_table(report.bulk)
     if report.memory is not None:
         lines += _memory_table(report.memory)
+    if report.explain is not None:
+        lines += explain_table(report.explain)
     checks = all_targets(report)
     if checks:
         met = sum(check.met for check in checks)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,15 +123,18 @@ def start_server(
     cpu: int,
     log_dir: Path,
     workers: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> RunningServer:
-    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`.
+    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`
+    (`env`: settings of modelport's own, e.g. payload logging).
 
     Returns once the process is running; call `wait_ready` before sending load.
     """
     port = free_port()
+    extra = dict(env or {})
     env = _clean_environment() | {"MODELPORT_MODEL_DIR": str(store), "PYTHONPATH": str(REPO)}
     if configuration.gunicorn_app is None:
-        env |= {
+        env |= extra | {
             "MODELPORT_HOST": HOST,
             "MODELPORT_PORT": str(port),
             "MODELPORT_WORKERS": str(workers),

@@ -60,7 +60,8 @@ form.addEventListener("submit", async (event) => {
     out.className = "error"; out.textContent = "Request failed: " + error;
   }
 });
-const SVG = "http://www.w3.org/2000/svg";
+const holder = document.createElement("div"); holder.innerHTML = "<svg></svg>";
+const SVG = holder.firstChild.namespaceURI;  // the parser's own SVG namespace
 function svg(tag, attrs, text){const e=document.createElementNS(SVG,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);if(text!==undefined)e.textContent=text;return e;}
 async function explain(version) {
   const row = {};
@@ -72,9 +73,9 @@ async function explain(version) {
   const item = body.explanations[0];
   const top = Object.entries(item.contributions).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1])).slice(0, 8);
   const box = document.createElement("div"); box.id = "why";
-  const what = body.output === "value" ? "the value" : body.output + " of " + item["class"];
+  const what = body.output === "value" ? "value" : body.output + " of " + item["class"];
   const note = document.createElement("p");
-  note.textContent = "Why: contributions to " + what + " (base " + item.base_value.toPrecision(3) + " → " + item.output_value.toPrecision(3) + ")";
+  note.textContent = "Why: contributions to the " + what + " (base " + item.base_value.toPrecision(3) + " → " + item.output_value.toPrecision(3) + ")";
   box.appendChild(note);
   const width = 520, label = 150, bar = 18, mid = label + (width - label - 60) / 2, half = (width - label - 60) / 2;
   const largest = Math.max(...top.map(([, v]) => Math.abs(v)), 1e-12);

@@ -223,6 +223,22 @@ def test_form_page_predicts_and_shows_errors(page: Page, server: Server, screens
     expect(error).to_contain_text("sepal_length")
 
 
+@pytest.mark.parametrize(("name", "bars"), [("iris", 4), ("breast-cancer", 8)])
+def test_form_page_draws_the_answers_explanation(
+    page: Page, server: Server, screenshots: Path, name: str, bars: int
+) -> None:
+    """After the answer, the page asks the version that gave it to explain it, and draws the
+    largest contributions (all four of iris's, eight of the forest's 30) as inline SVG bars."""
+    page.goto(f"{server.url}/models/{name}/form")
+    page.get_by_role("button", name="Predict").click()
+    why = page.locator("#result #why")
+    expect(why).to_contain_text("Why: contributions to the")
+    expect(why.locator("svg rect.bar")).to_have_count(bars)
+    expect(why.locator("svg text").first).not_to_be_empty()
+    why.scroll_into_view_if_needed()
+    shoot(page, screenshots, f"form-explained-{name}")
+
+
 def test_digits_form_page_reads_an_uploaded_png(page: Page, server: Server, tmp_path: Path) -> None:
     digits = load_digits()
     _, held_out = train_test_split(

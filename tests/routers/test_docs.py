@@ -219,6 +219,8 @@ TEMPLATED = [
     "/models/{model_name}/predict/form",
     "/v2/models/{model_name}/infer",
     "/v2/models/{model_name}/versions/{version}/infer",
+    "/models/{model_name}/explain",
+    "/models/{model_name}/versions/{version}/explain",
 ]
 
 

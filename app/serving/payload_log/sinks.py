@@ -33,8 +33,8 @@ class Sink(Protocol):
 
 
 class FileSink:
-    """JSON lines appended to one file, rotated past `max_bytes` (`path` → `path.1` → ... →
-    `path.<backups>`; the oldest is deleted).
+    """JSON lines appended to one file, rotated before a line would take it past `max_bytes`
+    (`path` → `path.1` → ... → `path.<backups>`; the oldest is deleted).
 
     Every worker of a server appends to the same file. Each pass writes its lines with one
     `write` on a descriptor opened with O_APPEND, under an exclusive `flock` on `path.lock`
@@ -51,7 +51,7 @@ class FileSink:
         self._lock_fd: int | None = None
 
     def write(self, records: list[Record]) -> int:
-        data = b"".join(self.dump(record) + b"\n" for record in records)
+        lines = [self.dump(record) + b"\n" for record in records]
         if self._lock_fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -59,12 +59,19 @@ class FileSink:
         try:
             fd = self._current()
             size = os.fstat(fd).st_size
-            if size and size + len(data) > self.max_bytes:
-                self._rotate()
-                fd = self._current()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            pending: list[bytes] = []
+            held = 0
+            for line in lines:
+                # Rotate before the line that would take the file past its size (a line longer
+                # than the limit gets a file of its own).
+                if size + held + len(line) > self.max_bytes and size + held > 0:
+                    _write_all(fd, b"".join(pending))
+                    self._rotate()
+                    fd = self._current()
+                    size, held, pending = 0, 0, []
+                pending.append(line)
+                held += len(line)
+            _write_all(fd, b"".join(pending))
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         return len(records)
@@ -107,6 +114,12 @@ class FileSink:
             if fd is not None:
                 os.close(fd)
         self._fd = self._lock_fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class CloudEventsSink:

@@ -71,11 +71,9 @@ async def _explain(
     settings = settings_of(request)
     routed = dataplane.resolve(model_name, version, session)
     body = await read_json_body(request)
+    limit = settings.explain_max_rows
     content = await dataplane.explain(
-        routed.model,
-        explain_request(body),
-        explain_reply,
-        max_rows=settings.explain_max_rows,
+        routed.model, explain_request(body, max_rows=limit), explain_reply, max_rows=limit
     )
     return routed_reply(content, routed, settings)
 

@@ -11,12 +11,13 @@ from app.serving.explainers.request import explanation_schema
 from app.serving.model import LoadedModel, ModelOutput, prediction_document
 
 
-def explain_request(body: bytes) -> Callable[[LoadedModel], Decoded[int | None]]:
-    """The decoder of one JSON body: the rows, validated against the version's input schema
-    as a prediction's are, and the index of the class it names (None: each row's own)."""
+def explain_request(body: bytes, *, max_rows: int) -> Callable[[LoadedModel], Decoded[int | None]]:
+    """The decoder of one JSON body: at most `max_rows` rows (fewer where the version's
+    explainer caps them), validated against the version's input schema as a prediction's are,
+    and the index of the class it names (None: each row's own)."""
 
     def decode(model: LoadedModel) -> Decoded[int | None]:
-        rows, requested = explanation_schema(model).validate_json(body)
+        rows, requested = explanation_schema(model, max_rows).validate_json(body)
         return Decoded(rows, requested)
 
     return decode

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.codecs.v2.metadata import v2_datatypes, v2_example, v2_layout, v2_outputs
 from app.codecs.v2.protocol import HEADER_LENGTH, HEADER_LENGTH_DIGITS
+from app.config import Settings
 from app.http import paths
 from app.http.openapi_explain import explain_operation
 from app.serving.model import LoadedModel
@@ -96,7 +97,7 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
         default = entry.versions[entry.default_version]
         tag = f"model: {entry.name}"
         document["tags"].append({"name": tag, "description": default.card.description})
-        typed = _TypedOperations(templates, tag, schemas)
+        typed = _TypedOperations(templates, tag, schemas, app.state.settings)
         concrete = {path: path.replace("{model_name}", entry.name) for path in templates}
         operations: dict[str, dict[str, Any]] = {
             paths.PREDICT: typed.predict(default, pinned=False),
@@ -146,11 +147,16 @@ class _TypedOperations:
     """Builds a model's typed operations from the templated routes' operations."""
 
     def __init__(
-        self, templates: dict[str, dict[str, Any]], tag: str, schemas: dict[str, Any]
+        self,
+        templates: dict[str, dict[str, Any]],
+        tag: str,
+        schemas: dict[str, Any],
+        settings: Settings,
     ) -> None:
         self.templates = templates
         self.tag = tag
         self.schemas = schemas
+        self.settings = settings
 
     def _from(self, template: str, operation_id: str, summary: str) -> dict[str, Any]:
         """A copy of the template's operation without its model-name and version parameters
@@ -219,7 +225,10 @@ class _TypedOperations:
         operation = self._versioned(
             model, pinned=pinned, templates=(paths.EXPLAIN, paths.VERSION_EXPLAIN), verb="explain"
         )
-        return explain_operation(operation, model, self.schemas) if operation else operation
+        if not operation:
+            return operation
+        limit = self.settings.explain_max_rows
+        return explain_operation(operation, model, self.schemas, max_rows=limit)
 
     def file(self, model: LoadedModel) -> dict[str, Any]:
         """An uploaded CSV (tabular models) or PNG/JPEG (image models)."""

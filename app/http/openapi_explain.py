@@ -23,11 +23,14 @@ _METHODS = {
 
 
 def explain_operation(
-    operation: dict[str, Any], model: LoadedModel, schemas: dict[str, Any]
+    operation: dict[str, Any], model: LoadedModel, schemas: dict[str, Any], *, max_rows: int
 ) -> dict[str, Any]:
-    """`operation` (a copy of the templated route's) typed for `model`."""
+    """`operation` (a copy of the templated route's) typed for `model`, whose requests carry at
+    most `max_rows` rows (the service's explanation limit)."""
     prefix = model.inputs.prefix
-    request = explanation_schema(model).json_schema(ref_template="#/components/schemas/{model}")
+    request = explanation_schema(model, max_rows).json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
     schemas.update(request.pop("$defs", {}))
     schemas[f"{prefix}ExplanationRequest"] = request
     operation["requestBody"] = {

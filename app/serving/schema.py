@@ -158,7 +158,7 @@ class InputSchema:
         instances: Any = Annotated[list[instance], Field(min_length=1, max_length=max_rows)]
         request = _typed_dict(f"{self.prefix}PredictionRequest", {"instances": instances})
         self._adapter: TypeAdapter[dict[str, list[Any]]] = TypeAdapter(request)
-        self.instances_type = instances  # for requests that carry rows and more (explanations)
+        self.instance_type = instance  # one row: for requests with rows and more (explanations)
         self._rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(instances, config=_STRICT)
         text_record = _typed_dict(
             f"{self.prefix}TextRecord", dict(zip(self.feature_names, types, strict=True)), _TEXT

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
 
@@ -41,6 +42,8 @@ def explain_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             features=means,
             classes=FLOWERS,
         )
+    coded = LogisticRegression(max_iter=1000).fit(x, (x[:, 2] > 3).astype(int))
+    write_model(store, coded, name="coded", task="classification", features=means, classes=[0, 1])
     wide = np.random.default_rng(0).normal(size=(40, 11))
     write_model(
         store,
@@ -132,6 +135,18 @@ def test_a_named_class_is_explained_instead_of_the_predicted_one(client: TestCli
     ][0]
     assert cat["output_value"] == pytest.approx(-dog["output_value"])
     assert cat["contributions"] == pytest.approx({k: -v for k, v in dog["contributions"].items()})
+
+
+def test_a_class_label_or_its_text_but_never_another_type(client: TestClient) -> None:
+    rows = flower_rows(2)
+    for named in (1, "1"):
+        reply = explain(client, "/models/coded/explain", {"instances": rows, "class": named})
+        assert [item["class"] for item in reply["explanations"]] == [1, 1]
+    # Python finds false == 0 and 1.0 == 1; a JSON client means something else by them.
+    for wrong in (False, True, 1.0, "one", {}, [1], None):
+        response = client.post("/models/coded/explain", json={"instances": rows, "class": wrong})
+        assert response.status_code == 422, wrong
+        assert response.json()["detail"][0]["loc"] == ["class"]
 
 
 def test_regressors_explain_their_value(client: TestClient) -> None:

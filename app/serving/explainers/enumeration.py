@@ -73,7 +73,7 @@ class EnumerationExplainer(Explainer):
         self.weight = np.array(
             [factorial(s) * factorial(n - s - 1) / factorial(n) if s < n else 0.0 for s in sizes]
         )
-        self.max_rows = max(1, MAX_EVALUATIONS // (len(masks) * len(picks)))
+        self.max_rows = max(1, MAX_EVALUATIONS // (len(masks) * len(picks)))  # as row_limit
 
     def _outputs(self, table: Array) -> Array:
         """(rows, outputs): probabilities, margins (two classes: class 1's log-odds and its

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Annotated, Any, Literal, NotRequired
+from collections.abc import Callable
+from typing import Annotated, Any, NotRequired
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
+from app.serving.explainers import plan
+from app.serving.explainers.base import Baseline
+from app.serving.explainers.enumeration import MAX_EVALUATIONS
 from app.serving.model import LoadedModel
-from app.serving.schema import Rows, refuse_duplicate_keys
+from app.serving.schema import Rows, refuse_duplicate_keys, too_many_rows
 
 CLASS_KEY = "class"
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -21,10 +33,11 @@ class ExplanationSchema:
     """One version's explanation request: `{"instances": [...], "class": <label>}`, where
     `class` (classifiers only) names the class whose output is explained, by its label or the
     label's text (the key of its probability in a prediction); without it, each row's
-    predicted class is."""
+    predicted class is. At most `max_rows` rows (the schema's `maxItems`, so the docs say it)."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, max_rows: int) -> None:
         self.inputs = inputs = model.inputs
+        self.max_rows = max_rows
         labels = (
             list(model.card.target.classes or []) if model.card.task == "classification" else []
         )
@@ -33,17 +46,44 @@ class ExplanationSchema:
         for index, label in enumerate(labels):
             self.class_index.setdefault((type(label), label), index)
             self.class_index.setdefault((str, str(label)), index)
-        fields: dict[str, Any] = {"instances": inputs.instances_type}
+        instance: Any = inputs.instance_type
+        instances: Any = Annotated[list[instance], Field(min_length=1, max_length=max_rows)]
+        fields: dict[str, Any] = {"instances": instances}
         if labels:
-            choices = tuple(dict.fromkeys([*labels, *(str(label) for label in labels)]))
-            described = Field(
-                description="The class to explain (default: each row's predicted class)."
-            )
-            fields[CLASS_KEY] = NotRequired[Annotated[Literal[choices], described]]
+            choices = list(dict.fromkeys([*labels, *(str(label) for label in labels)]))
+            fields[CLASS_KEY] = NotRequired[
+                Annotated[
+                    Any,
+                    PlainValidator(self._known_class(choices)),
+                    WithJsonSchema(
+                        {
+                            "enum": choices,
+                            "description": "The class to explain (default: each row's "
+                            "predicted class).",
+                        }
+                    ),
+                ]
+            ]
         make: Any = TypedDict
         request = make(f"{inputs.prefix}ExplanationRequest", fields)
         request.__pydantic_config__ = _STRICT
         self._adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(request)
+
+    def _known_class(self, choices: list[Any]) -> Callable[[Any], Any]:
+        """A validator of the class: one of the labels, or a label's text, of the same JSON type
+        (so `false` is not the class 0, nor `1.0` the class 1, though Python finds them equal)."""
+        expected = ", ".join(repr(choice) for choice in choices[:-1])
+        expected = f"{expected} or {choices[-1]!r}" if expected else repr(choices[-1])
+
+        def check(value: Any) -> Any:
+            hashable = isinstance(value, str | int | float)  # a JSON object or array is no label
+            if not hashable or (type(value), value) not in self.class_index:
+                raise PydanticCustomError(
+                    "literal_error", "Input should be {expected}", {"expected": expected}
+                )
+            return value
+
+        return check
 
     def validate_json(self, body: bytes) -> tuple[Rows, int | None]:
         """The validated rows, in feature order, and the index of the requested class (into
@@ -51,6 +91,11 @@ class ExplanationSchema:
         try:
             parsed = self._adapter.validate_json(body)
         except ValidationError as exc:
+            if any(
+                error["type"] == "too_long" and tuple(error["loc"]) == ("instances",)
+                for error in exc.errors(include_url=False)
+            ):
+                raise too_many_rows(self.max_rows, ["instances"]) from exc
             raise self.inputs.translate(exc, prefix=()) from exc
         refuse_duplicate_keys(body)
         rows = self.inputs.ordered(parsed["instances"])
@@ -63,16 +108,31 @@ class ExplanationSchema:
         return self._adapter.json_schema(ref_template=ref_template)
 
 
-_SCHEMAS: weakref.WeakKeyDictionary[LoadedModel, ExplanationSchema] = weakref.WeakKeyDictionary()
+def row_limit(model: LoadedModel, max_rows: int) -> int:
+    """The most rows one explanation request to the version may carry: `max_rows`, or fewer for
+    a model explained by enumerating feature subsets (so it calls the model on at most
+    MAX_EVALUATIONS rows)."""
+    planned = plan(model)
+    if isinstance(planned, str) or planned[0] != "exact-shapley":
+        return max_rows
+    per_row = (1 << len(model.inputs.feature_names)) * Baseline.of(model.card).combinations
+    return max(1, min(max_rows, MAX_EVALUATIONS // per_row))
+
+
+_SCHEMAS: weakref.WeakKeyDictionary[LoadedModel, dict[int, ExplanationSchema]] = (
+    weakref.WeakKeyDictionary()
+)
 _LOCK = threading.Lock()
 
 
-def explanation_schema(model: LoadedModel) -> ExplanationSchema:
-    """The version's explanation request schema, built on first use and kept."""
-    schema = _SCHEMAS.get(model)
+def explanation_schema(model: LoadedModel, max_rows: int) -> ExplanationSchema:
+    """The version's explanation request schema for the service's row limit, built on first
+    use and kept."""
+    schema = _SCHEMAS.get(model, {}).get(max_rows)
     if schema is None:
         with _LOCK:
-            schema = _SCHEMAS.get(model)
+            built = _SCHEMAS.setdefault(model, {})
+            schema = built.get(max_rows)
             if schema is None:
-                schema = _SCHEMAS[model] = ExplanationSchema(model)
+                schema = built[max_rows] = ExplanationSchema(model, row_limit(model, max_rows))
     return schema

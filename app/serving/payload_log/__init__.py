@@ -113,7 +113,7 @@ class PayloadLog:
         than one chunk's formatting."""
         queue = self._queue
         while queue:
-            records = []
+            records: list[Pending] = []
             while queue and len(records) < WRITE_CHUNK:
                 try:
                     records.append(queue.popleft())

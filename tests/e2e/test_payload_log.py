@@ -18,7 +18,9 @@ MAX_BYTES = 8192
 
 
 @pytest.fixture(scope="module")
-def logged(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+def logged(
+    trained_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path]]:
     folder = tmp_path_factory.mktemp("payloads")
     log = folder / "payloads.jsonl"
     server = start_server(
@@ -42,12 +44,22 @@ def send(server: Server, number: int) -> str:
     with server.client() as http:
         surface = number % 4
         if surface == 0:
-            reply = http.post("/models/iris/predict", json={"instances": [IRIS_ROW]}, headers=headers)
+            reply = http.post(
+                "/models/iris/predict", json={"instances": [IRIS_ROW]}, headers=headers
+            )
         elif surface == 1:
             csv = "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n"
-            reply = http.post("/models/iris/predict/file", files={"file": ("rows.csv", csv)}, headers=headers)
+            reply = http.post(
+                "/models/iris/predict/file", files={"file": ("rows.csv", csv)}, headers=headers
+            )
         elif surface == 2:
-            fields = dict(zip(["sepal_length", "sepal_width", "petal_length", "petal_width"], map(str, IRIS_ROW), strict=True))
+            fields = dict(
+                zip(
+                    ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+                    map(str, IRIS_ROW),
+                    strict=True,
+                )
+            )
             reply = http.post("/models/iris/predict/form", data=fields, headers=headers)
         else:
             tensor = {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}

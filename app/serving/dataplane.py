@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from app.errors import InferenceError
 from app.serving.explainers import Attribution, Explainer, built_explainer, explainer_of
 from app.serving.model import LoadedModel, ModelOutput, run
 from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
@@ -133,6 +134,11 @@ class DataPlane:
         output = await self.predict_rows(model, rows)
         classes = explained_classes(model, output, decoded.context)
         attribution = await in_thread(explainer.explain, rows, classes)
+        if not (
+            np.isfinite(attribution.base).all() and np.isfinite(attribution.contributions).all()
+        ):
+            # Checked outputs are finite, so this is the explainer's fault, never the client's.
+            raise InferenceError(f"Model {model.name} v{model.version}: explanation not finite")
         return encode(model, output, Explained(explainer, attribution, classes))
 
 

@@ -143,7 +143,8 @@ def test_a_class_label_or_its_text_but_never_another_type(client: TestClient) ->
         reply = explain(client, "/models/coded/explain", {"instances": rows, "class": named})
         assert [item["class"] for item in reply["explanations"]] == [1, 1]
     # Python finds false == 0 and 1.0 == 1; a JSON client means something else by them.
-    for wrong in (False, True, 1.0, "one", {}, [1], None):
+    wrongs: list[Any] = [False, True, 1.0, "one", {}, [1], None]
+    for wrong in wrongs:
         response = client.post("/models/coded/explain", json={"instances": rows, "class": wrong})
         assert response.status_code == 422, wrong
         assert response.json()["detail"][0]["loc"] == ["class"]
@@ -228,6 +229,15 @@ def test_bad_rows_are_refused_as_predict_refuses_them(client: TestClient) -> Non
         "/models/flowers/explain", content=b"{}", headers={"content-type": "text/plain"}
     )
     assert as_text.status_code == 415
+
+
+def test_an_api_key_guards_explanations(explain_store: Path) -> None:
+    settings = Settings(model_dir=explain_store, api_key="k3y", access_log=False)
+    with TestClient(create_app(settings)) as local:
+        body = {"instances": [[1.0, 2.0]]}
+        for path in ("/models/line/explain", "/models/line/versions/1/explain"):
+            assert local.post(path, json=body).status_code == 401
+            assert local.post(path, json=body, headers={"X-API-Key": "k3y"}).status_code == 200
 
 
 def test_the_row_cap_of_exact_enumeration(explain_store: Path) -> None:

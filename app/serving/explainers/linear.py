@@ -32,6 +32,7 @@ from sklearn.linear_model import (
 )
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
+    FunctionTransformer,
     MaxAbsScaler,
     MinMaxScaler,
     OneHotEncoder,
@@ -77,25 +78,21 @@ def is_additive(estimator: Any) -> bool:
 
 
 def _per_feature(step: Any) -> bool:
-    if step is None or step == "passthrough":
+    if step is None or isinstance(step, str) and step == "passthrough":
         return True
     if type(step) is ColumnTransformer:
         # Each output column of a ColumnTransformer comes from its own input columns; weights
         # scale whole blocks and so keep the sum.
         return all(
-            name == "remainder"
-            and trans in ("drop", "passthrough")
-            or trans in ("drop", "passthrough")
-            or _per_feature(trans)
-            or _identity(trans)
-            for name, trans, _ in step.transformers_
+            isinstance(trans, str) and trans == "drop" or _per_feature(trans) or _identity(trans)
+            for _, trans, _ in step.transformers_
         )
     return type(step) in _PER_FEATURE
 
 
 def _identity(step: Any) -> bool:
     # ColumnTransformer keeps "passthrough" columns as this identity FunctionTransformer.
-    return type(step).__name__ == "FunctionTransformer" and step.func is None
+    return type(step) is FunctionTransformer and step.func is None
 
 
 class LinearExplainer(Explainer):

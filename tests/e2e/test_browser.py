@@ -178,6 +178,14 @@ def test_swagger_try_it_out_with_each_models_example(
         shoot(page, screenshots, "docs-executed")
 
 
+@pytest.mark.parametrize("name", ["breast-cancer", "pets"])
+def test_swagger_explains_each_models_example(page: Page, server: Server, name: str) -> None:
+    open_docs(page, server)
+    body = execute(operation(page, f"/models/{name}/explain"))
+    expect(body).to_contain_text('"contributions"')
+    expect(body).to_contain_text('"base_value"')
+
+
 def test_swagger_file_upload(page: Page, server: Server, tmp_path: Path) -> None:
     flowers = tmp_path / "flowers.csv"
     flowers.write_text(

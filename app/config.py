@@ -2,9 +2,9 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -147,6 +147,60 @@ class Settings(BaseSettings):
         le=1024,
         description="Freed memory a glibc malloc arena keeps for the next request, in MiB (two arenas per process; set by `modelport serve` unless MALLOC_* or GLIBC_TUNABLES already tune malloc); 0 keeps glibc's defaults.",
     )
+
+    explain_max_rows: int = Field(
+        default=1000,
+        ge=1,
+        description="Most rows one explanation request may carry (exact explanations cost far more than predictions).",
+    )
+    payload_log_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of prediction requests whose inputs and outputs are logged (0: none, 1: all); needs MODELPORT_PAYLOAD_LOG_PATH or MODELPORT_PAYLOAD_LOG_URL.",
+    )
+    payload_log_path: Path | None = Field(
+        default=None,
+        description="Payload log as JSON lines in this file (shared by the workers, size-rotated).",
+    )
+    payload_log_url: str | None = Field(
+        default=None,
+        description="Payload log as CloudEvents 1.0 (structured JSON) POSTed to this http(s) URL instead of a file.",
+    )
+    payload_log_max_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        ge=1024,
+        description="Payload log file size past which it is rotated (path → path.1 → ...).",
+    )
+    payload_log_backups: int = Field(
+        default=5, ge=0, description="Rotated payload log files kept beside the current one."
+    )
+    payload_log_queue: int = Field(
+        default=10_000,
+        ge=1,
+        description="Records a worker holds for the payload log's writer; past it records are dropped and counted, never waited for.",
+    )
+    payload_log_batch: int = Field(
+        default=100,
+        ge=1,
+        description="CloudEvents per POST to the payload log URL (a JSON array, the batched mode); 1 sends each event alone (structured mode).",
+    )
+
+    @model_validator(mode="after")
+    def _payload_log_destination(self) -> Self:
+        if self.payload_log_path is not None and self.payload_log_url is not None:
+            raise ValueError(
+                "set MODELPORT_PAYLOAD_LOG_PATH or MODELPORT_PAYLOAD_LOG_URL, not both"
+            )
+        if (
+            self.payload_log_rate > 0
+            and self.payload_log_path is None
+            and self.payload_log_url is None
+        ):
+            raise ValueError(
+                "MODELPORT_PAYLOAD_LOG_RATE is above 0: set MODELPORT_PAYLOAD_LOG_PATH or MODELPORT_PAYLOAD_LOG_URL"
+            )
+        return self
 
     @field_validator("cors_origins")
     @classmethod

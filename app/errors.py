@@ -93,8 +93,8 @@ class UnsupportedMediaType(ServiceError):
     status_code = 415
 
 
-class Unimplemented(ServiceError):
-    """An operation of a protocol that this server does not offer (yet)."""
+class NotExplainable(ServiceError):
+    """No exact explanation method applies to this model (docs/explanations.md says which do)."""
 
     status_code = 501
 

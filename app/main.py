@@ -28,11 +28,12 @@ from app.server.handover import hand_over
 from app.serving.dataplane import DataPlane
 from app.serving.loading import registry_for
 from app.serving.master_repository import MasterRepository
+from app.serving.payload_log import payload_log_from
 from app.serving.registry import ModelRegistry
 from app.serving.repository import InProcessRepository, Repository
 from app.serving.repository_state import StateFile
 from app.tracing import TRACING, trace_exporters
-from routers import files, forms, health, models, predict, stream, v2
+from routers import explain, files, forms, health, models, predict, stream, v2
 
 logger = logging.getLogger("modelport")
 
@@ -94,7 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _configure_logging(settings.log_level)
     # The backend and the batcher are attached to each version as it loads (app.serving.loading).
     registry = registry_for(settings)
-    dataplane = DataPlane(registry, _repository(settings, registry))
+    payload_log = payload_log_from(settings)
+    dataplane = DataPlane(registry, _repository(settings, registry), payload_log)
     # OpenTelemetry, by the standard OTEL_* variables (app.tracing): off unless they name an
     # exporter, and then started in each worker (the lifespan runs after gunicorn's fork).
     exporters = trace_exporters(os.environ)
@@ -120,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             spent = time.monotonic() - started
             await grpc_server.stop(grace=max(settings.graceful_timeout - spent, 1.0))
         registry.clear()
+        if payload_log is not None:
+            payload_log.close()
         ACCESS_LOG.flush()
         TURN_METRICS.flush()
         if exporters:
@@ -163,6 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # First, so they are matched first. They carry the API-key guard only when a key is
     # configured: even a guard that lets everything through costs a dependency solve.
     predict.add_routes(app, guard=[ApiKeyGuard] if settings.api_key else [])
+    explain.add_routes(app, guard=[ApiKeyGuard] if settings.api_key else [])
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(files.router)

@@ -100,6 +100,15 @@ MODEL_LOAD_SECONDS = Gauge(
     ["model", "version"],
     multiprocess_mode="max",
 )
+PAYLOAD_LOG_RECORDS = Counter(
+    "modelport_payload_log_records_total",
+    "Payload log records written to the file or accepted by the sink.",
+)
+PAYLOAD_LOG_DROPPED = Counter(
+    "modelport_payload_log_dropped_total",
+    "Payload log records dropped: queue_full (the writer fell behind) or sink_error.",
+    ["reason"],
+)
 
 
 # Label children looked up once per (route, method[, status]): `labels()` takes a lock and

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from benchmarks.bulk import BulkResult, run_bulk
+from benchmarks.explain import ExplainResult, run_explain
 from benchmarks.grpc_section import GrpcScenarioResult, run_grpc_section
 from benchmarks.h2load import h2load_version
 from benchmarks.load import LoadError, wrk_version
@@ -57,7 +58,7 @@ from benchmarks.throughput import (
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("throughput", "bulk", "stream", "memory", "grpc")
+SECTIONS = ("throughput", "bulk", "stream", "memory", "grpc", "explain")
 # The order each round runs them in.
 CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
 BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
@@ -225,12 +226,25 @@ def _rounds_dropped(plan: Plan, throughput: list[ScenarioResult]) -> dict[str, A
 
 def _run_against_servers(
     plan: Plan, store: Path, work_dir: Path, meta: dict[str, Any]
-) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend], StreamResult | None]:
-    """The throughput, bulk and stream sections, which share one server per configuration."""
+) -> tuple[
+    list[ScenarioResult],
+    BulkResult | None,
+    list[ModelBackend],
+    StreamResult | None,
+    ExplainResult | None,
+]:
+    """The throughput, bulk, stream and explain sections, which share one server per
+    configuration."""
     wanted = set(plan.sections)
-    if not wanted & {"throughput", "bulk"}:
-        return [], None, [], None
-    configurations = CONFIGURATIONS if "throughput" in wanted else BULK_CONFIGURATIONS
+    if not wanted & {"throughput", "bulk", "explain"}:
+        return [], None, [], None, None
+    configurations: tuple[Configuration, ...] = (
+        CONFIGURATIONS
+        if "throughput" in wanted
+        else BULK_CONFIGURATIONS
+        if "bulk" in wanted
+        else (MODELPORT,)
+    )
     scenarios = []
     for scenario in default_scenarios():
         if (store / scenario.model).is_dir():
@@ -282,7 +296,20 @@ def _run_against_servers(
                 server_cpu=plan.server_cpu,
                 server=by_key["modelport"],
             )
-        return throughput, bulk, backends, stream
+        explain = None
+        if "explain" in wanted:
+            explain = run_explain(
+                by_key["modelport"],
+                store=store,
+                rounds=plan.rounds,
+                duration_s=plan.duration_s,
+                warmup_s=plan.warmup_s,
+                server_cpu=plan.server_cpu,
+                client_cpu=plan.client_cpu,
+                work_dir=work_dir,
+                cookie=cookie,
+            )
+        return throughput, bulk, backends, stream, explain
     finally:
         for server in servers:
             stop_server(server)
@@ -309,14 +336,17 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         # Other work on the machine is noise the min–max columns show; this says how much ran.
         "load_average_at_start": [round(value, 2) for value in _load_average()],
     }
-    if store is None and {"throughput", "bulk", "stream", "grpc"} & set(plan.sections):
+    if store is None and {"throughput", "bulk", "stream", "grpc", "explain"} & set(plan.sections):
         store = build_store(work_dir)
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
     backends: list[ModelBackend] = []
     stream: StreamResult | None = None
+    explain: ExplainResult | None = None
     if store is not None:
-        throughput, bulk, backends, stream = _run_against_servers(plan, store, work_dir, meta)
+        throughput, bulk, backends, stream, explain = _run_against_servers(
+            plan, store, work_dir, meta
+        )
         if stream is None and "stream" in plan.sections:  # alone: a server of its own
             stream = run_stream(
                 store, rows=plan.stream_rows, work_dir=work_dir, server_cpu=plan.server_cpu
@@ -348,6 +378,7 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         backends=backends,
         stream=stream,
         grpc=grpc,
+        explain=explain,
     )
 
 

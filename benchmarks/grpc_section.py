@@ -97,7 +97,7 @@ def run_grpc_section(
         store=store,
         cpu=server_cpu,
         log_dir=work_dir,
-        extra_env={"MODELPORT_GRPC_PORT": str(grpc_port)},
+        env={"MODELPORT_GRPC_PORT": str(grpc_port)},
     )
     results = []
     try:

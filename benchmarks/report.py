@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.bulk import BulkResult
 from benchmarks.chart import CHART_LABELS, draw_chart, ms, rate
+from benchmarks.explain import ExplainResult, explain_table
 from benchmarks.grpc_section import GrpcScenarioResult, grpc_table
 from benchmarks.memory import MemoryResult
 from benchmarks.stats import Spread, TargetCheck
@@ -42,6 +43,8 @@ class BenchReport:
     stream: StreamResult | None = None
     # Issue 17's gRPC beside REST.
     grpc: list[GrpcScenarioResult] = dataclasses.field(default_factory=list)
+    # Issue 19's explanations and payload logging.
+    explain: ExplainResult | None = None
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -298,6 +301,8 @@ def to_markdown(report: BenchReport) -> str:
         lines += _memory_table(report.memory)
     if report.grpc:
         lines += grpc_table(report.grpc)
+    if report.explain is not None:
+        lines += explain_table(report.explain)
     checks = all_targets(report)
     if checks:
         met = sum(check.met for check in checks)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,14 +123,15 @@ def start_server(
     cpu: int,
     log_dir: Path,
     workers: int = 1,
-    extra_env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RunningServer:
-    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`, with
-    `extra_env` (e.g. modelport settings) on top of the clean environment.
+    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`
+    (`env`: settings of modelport's own, e.g. payload logging or a gRPC port).
 
     Returns once the process is running; call `wait_ready` before sending load.
     """
     port = free_port()
+    extra = dict(env or {})
     env = _clean_environment() | {"MODELPORT_MODEL_DIR": str(store), "PYTHONPATH": str(REPO)}
     if configuration.gunicorn_app is None:
         env |= {
@@ -141,7 +142,7 @@ def start_server(
             # Its gRPC port only where a section asks for one: a fixed default port would be
             # shared (SO_REUSEPORT) by every modelport the harness starts.
             "MODELPORT_GRPC_PORT": "0",
-        }
+        } | extra
         command = [str(BIN / "modelport"), "serve"]
         # Not the repository: pydantic-settings would read a developer's .env there.
         cwd = log_dir
@@ -157,7 +158,6 @@ def start_server(
             "--log-level", "warning",
         ]  # fmt: skip
         cwd = REPO
-    env |= extra_env or {}
     log = log_dir / f"{configuration.key}-{port}.log"
     with log.open("wb") as sink:
         # taskset execs the server, so the PID is gunicorn's master; its workers inherit the

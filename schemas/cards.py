@@ -43,6 +43,17 @@ class FeatureSpec(BaseModel):
     observed_max: float | None = Field(
         default=None, allow_inf_nan=False, description="Largest value seen in training."
     )
+    observed_mean: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="Mean in training: the baseline explanations measure contributions from.",
+    )
+    observed_frequencies: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = (
+        Field(
+            default=None,
+            description="Share of training rows per category (category features): the baseline of explanations.",
+        )
+    )
 
     @model_validator(mode="after")
     def _categories_match_dtype(self) -> Self:
@@ -50,6 +61,12 @@ class FeatureSpec(BaseModel):
             raise ValueError(f"feature {self.name!r}: a category feature needs its categories")
         if self.dtype != "category" and self.categories is not None:
             raise ValueError(f"feature {self.name!r}: only category features have categories")
+        if self.observed_frequencies is not None and (
+            self.categories is None or not set(self.observed_frequencies) <= set(self.categories)
+        ):
+            raise ValueError(f"feature {self.name!r}: observed_frequencies of unknown categories")
+        if self.dtype == "category" and self.observed_mean is not None:
+            raise ValueError(f"feature {self.name!r}: a category feature has no mean")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"feature {self.name!r}: minimum is above maximum")
         return self

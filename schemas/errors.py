@@ -40,6 +40,10 @@ _EXAMPLES: dict[int, tuple[str, Any]] = {
         ],
     ),
     500: ("InferenceError", "Model iris v1 failed: ValueError: ..."),
+    501: (
+        "NotExplainable",
+        "Model svc v1 cannot be explained: SVC is neither a tree model nor linear, and has 30 features (exact enumeration of feature subsets stops at 10)",
+    ),
     503: ("ModelUnavailable", "Model 'iris' version 2 is unavailable: SHA-256 mismatch: ..."),
 }
 

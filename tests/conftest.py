@@ -1,10 +1,12 @@
 """Shared fixtures: tiny real models fitted in-process and written into a temporary store."""
 
+import http.server
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,3 +268,31 @@ def mlflow_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert run.returncode == 0, run.stderr[-3000:]
     ids: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
     return {"folder": folder, **ids}
+
+
+class _CloudEventsReceiver(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[str, Any]] = []
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.headers["Content-Type"], json.loads(body)))
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def cloudevents_sink() -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """A CloudEvents receiver on the loopback (stdlib http.server): its URL, and each POST's
+    (Content-Type, parsed body) as it arrives."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CloudEventsReceiver)
+    _CloudEventsReceiver.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/events", _CloudEventsReceiver.received
+    server.shutdown()
+    server.server_close()

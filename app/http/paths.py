@@ -20,6 +20,10 @@ PREDICT_STREAM = "/models/{model_name}/predict/stream"
 VERSION_PREDICT_STREAM = "/models/{model_name}/versions/{version}/predict/stream"
 FORM_PAGE = "/models/{model_name}/form"
 
+# Explanations.
+EXPLAIN = "/models/{model_name}/explain"
+VERSION_EXPLAIN = "/models/{model_name}/versions/{version}/explain"
+
 # The Open Inference Protocol.
 V2 = "/v2"
 V2_LIVE = "/v2/health/live"

@@ -1,13 +1,15 @@
 """The data plane: the one protocol-neutral path from a request to its reply.
 
-Every surface (JSON rows, file uploads, forms, the Open Inference Protocol over REST and gRPC;
-streams and explanations next) calls this object, and owns only its wire format and its error
+Every surface (JSON rows, file uploads, forms, streams, explanations, the Open Inference
+Protocol over REST and gRPC) calls this object, and owns only its wire format and its error
 envelope:
 
     resolve the version (pinned, default, canary session)  ->  `resolve` / `model`
     decode and validate (the surface's codec)               ->  `infer(decode=...)`
     batch, predict, check                                    ->  `predict_rows`
+    log a sample of inputs and outputs (off the request)     ->  `payload_log`
     encode (the surface's codec)                             ->  `infer(encode=...)`
+    explain (attribute each output to the features)         ->  `explain`
 
 Decoders and encoders come from the surface (app.codecs): the data plane decides where they
 run (on the event loop when tiny, else in a thread) and runs the rows through the version's
@@ -16,15 +18,22 @@ A stream (a body of any length) takes the same path chunk by chunk: `stream`.
 Free of FastAPI, like everything below the HTTP layer.
 """
 
+from __future__ import annotations
+
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+import numpy as np
+
+from app.errors import InferenceError
+from app.serving.explainers import Attribution, Explainer, built_explainer, explainer_of
 from app.serving.model import LoadedModel, ModelOutput, Transport, run
 from app.serving.offload import REPLY_BYTES_PER_ROW, in_thread, offload
+from app.serving.payload_log import PayloadLog
 from app.serving.registry import ModelRegistry
 from app.serving.repository import InProcessRepository, Repository
-from app.serving.schema import Rows
+from app.serving.schema import Rows, too_many_rows
 from app.serving.streaming import StreamCodec, stream_answers
 from app.serving.traffic import Routed, route
 from app.tracing import TRACING, RequestTrace
@@ -49,9 +58,16 @@ class DataPlane:
     check → encode. Holds the registry, and the repository that loads and unloads models (by
     default in this process); one per app, shared by every surface in the worker."""
 
-    def __init__(self, registry: ModelRegistry, repository: Repository | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        repository: Repository | None = None,
+        payload_log: PayloadLog | None = None,
+    ) -> None:
         self.registry = registry
         self.repository: Repository = repository or InProcessRepository(registry)
+        # None when payload logging is off (rate 0): the hot path then pays one test.
+        self.payload_log = payload_log
         # Requests inside `infer` in this worker: with one, the worker is otherwise idle.
         self.in_flight = 0
 
@@ -119,6 +135,8 @@ class DataPlane:
             output = await self._predict(
                 model, decoded.rows, alone=self.in_flight == 1, transport=transport
             )
+            if self.payload_log is not None:
+                self.payload_log.offer(model, decoded.rows, output)
             return await offload(
                 encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
             )
@@ -150,6 +168,8 @@ class DataPlane:
         output = await self._predict_traced(
             model, decoded.rows, alone=self.in_flight == 1, transport=transport, trace=trace
         )
+        if self.payload_log is not None:
+            self.payload_log.offer(model, decoded.rows, output)
         return await offload(
             traced_encode, model, output, decoded.context, work=len(output) * REPLY_BYTES_PER_ROW
         )
@@ -190,3 +210,60 @@ class DataPlane:
         with a bounded number of chunks in flight, and a summary last. `abort`: stop at the
         first bad row instead of answering each in its place."""
         return stream_answers(self.predict_rows, model, pieces, codec, abort=abort)
+
+    # -- explain -------------------------------------------------------------------------------
+    async def explain(
+        self,
+        model: LoadedModel,
+        decode: Callable[[LoadedModel], Decoded[int | None]],
+        encode: Callable[[LoadedModel, ModelOutput, Explained], Reply],
+        *,
+        max_rows: int,
+    ) -> Reply:
+        """One explanation request: the rows validated as for a prediction (the context is the
+        index of the class named in the request, if any), predicted through the same runner and
+        checks, then each row's output split over the features by the version's explainer (in
+        a thread: exact methods cost milliseconds). At most `max_rows` rows, or fewer where the
+        explainer caps them."""
+        explainer = built_explainer(model)
+        if explainer is None:  # the version's first explanation in this process: build it
+            explainer = await in_thread(explainer_of, model)
+        decoded = await offload(decode, model, work=0)
+        rows = decoded.rows
+        limit = min(max_rows, explainer.max_rows or max_rows)
+        if len(rows) > limit:
+            raise too_many_rows(limit, ["instances"])
+        output = await self.predict_rows(model, rows)
+        classes = explained_classes(model, output, decoded.context)
+        attribution = await in_thread(explainer.explain, rows, classes)
+        if not (
+            np.isfinite(attribution.base).all() and np.isfinite(attribution.contributions).all()
+        ):
+            # Checked outputs are finite, so this is the explainer's fault, never the client's.
+            raise InferenceError(f"Model {model.name} v{model.version}: explanation not finite")
+        return encode(model, output, Explained(explainer, attribution, classes))
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What explained a request's rows and how: per row, the base value and contributions of
+    the output `explainer.output` for class `classes[i]` (an index into `classes_`; None for
+    regressors)."""
+
+    explainer: Explainer
+    attribution: Attribution
+    classes: np.ndarray[Any, Any] | None
+
+
+def explained_classes(
+    model: LoadedModel, output: ModelOutput, requested: int | None
+) -> np.ndarray[Any, Any] | None:
+    """The class each row's explanation is for: the requested one, else the predicted one."""
+    if model.card.task != "classification":
+        return None
+    if requested is not None:
+        return np.full(len(output), requested, dtype=np.intp)
+    if output.class_indices is not None:
+        return np.asarray(output.class_indices, dtype=np.intp)
+    index = {key: position for position, key in enumerate(model.class_keys)}
+    return np.array([index[str(label)] for label in output.predictions.tolist()], dtype=np.intp)

@@ -300,7 +300,11 @@ def _train_variant(
         "description": variant.description,
         "input_kind": example.input_kind,
         "image_shape": example.image_shape,
-        "features": dataset.features,
+        # The training split's means: the baseline explanations measure contributions from.
+        "features": [
+            feature.model_copy(update={"observed_mean": float(column.mean())})
+            for feature, column in zip(dataset.features, X_train.T, strict=True)
+        ],
         "target": target,
         "metrics": _metrics(example.task, y_test, predicted),
         "evaluation": Evaluation(

@@ -188,3 +188,23 @@ def test_table_and_chart_written(quick_run: tuple[Path, dict[str, Any]]) -> None
     assert "Targets met:" in markdown
     assert (output / "latest.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not list(output.glob("*.tmp"))
+
+
+def test_explain_section_checks_issue_19s_targets(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    output, results = quick_run
+    explain = results["explain"]
+    for key in ("explain", "predict", "without_logging", "with_logging"):
+        assert explain[key], key
+        for run in explain[key]:
+            assert run["requests"] > 0, key
+            assert run["non_2xx"] == 0 and run["socket_errors"] == 0, (key, run)
+    # Every request to the logging server was logged (warm-up and readiness probes included).
+    assert explain["logged_records"] >= sum(run["requests"] for run in explain["with_logging"])
+    found = {
+        (check["description"], check["bound"], check["direction"]) for check in explain["targets"]
+    }
+    assert found == {
+        ("forest explain p50 ≤ 3× predict p50", 3.0, "at_most"),
+        ("iris throughput with payload logging ≥ 0.9× without", 0.9, "at_least"),
+    }
+    assert "### Explanations and payload logging" in (output / "latest.md").read_text()

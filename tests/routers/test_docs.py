@@ -221,6 +221,8 @@ TEMPLATED = [
     "/models/{model_name}/versions/{version}/predict/stream",
     "/v2/models/{model_name}/infer",
     "/v2/models/{model_name}/versions/{version}/infer",
+    "/models/{model_name}/explain",
+    "/models/{model_name}/versions/{version}/explain",
 ]
 
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.access_log import AccessLog
 from app.access_log import request_id as new_request_id
 from app.metrics import TURN_METRICS, latency_histogram, request_counter
+from app.serving.payload_log import REQUEST_ID
 
 
 def _route_label(scope: Scope, status: int) -> str:
@@ -41,6 +42,7 @@ class ObservabilityMiddleware:
             (value for name, value in scope["headers"] if name == b"x-request-id"), b""
         ).decode("latin-1")
         request_id = new_request_id(offered)
+        REQUEST_ID.set(request_id)  # for the payload log (this request's task's own context)
         status = 500
         model_version = ""
 

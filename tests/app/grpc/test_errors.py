@@ -44,7 +44,7 @@ def test_every_service_error_has_a_code_of_its_kind(cls: type[ServiceError]) -> 
         (errors.NotReady("x"), grpc.StatusCode.UNAVAILABLE),
         (errors.Unauthorized("x"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.PayloadTooLarge("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (errors.Unimplemented("x"), grpc.StatusCode.UNIMPLEMENTED),
+        (errors.NotExplainable("x"), grpc.StatusCode.UNIMPLEMENTED),
         (errors.InferenceError("x"), grpc.StatusCode.INTERNAL),
     ],  # fmt: skip
     ids=lambda value: getattr(value, "kind", ""),

@@ -182,8 +182,13 @@ def test_every_refusal_has_its_code_and_the_server_keeps_serving(
         for message, code, needle in cases:
             found, details = await failure(stub.ModelInfer(message))
             assert found is code and needle in details, (code, needle, found, details)
-        unimplemented = await failure(stub.RepositoryIndex(pb.RepositoryIndexRequest()))
-        assert unimplemented[0] is Code.UNIMPLEMENTED
+        index = await stub.RepositoryIndex(pb.RepositoryIndexRequest())
+        assert {(row.name, row.state) for row in index.models} >= {("flowers", "READY")}
+        # Writes are off without a key or MODELPORT_REPOSITORY_WRITES=true.
+        refused = await failure(
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="flowers"))
+        )
+        assert refused[0] is Code.PERMISSION_DENIED, refused
         assert len((await stub.ModelInfer(flowers_request([FLOWER]))).outputs) == 2
 
     session(dataplane, settings_for(store), scenario)

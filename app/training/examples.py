@@ -13,7 +13,6 @@ from typing import Any, Literal
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -21,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 from app.store.artifacts import CARD_FILE, TRAFFIC_FILE
 from app.store.reference import reference_stats
 from app.store.writer import Task, write_traffic, write_version
+from app.training.tables import metrics_of
 from schemas.cards import (
     Evaluation,
     FeatureSpec,
@@ -306,7 +306,7 @@ def _train_variant(
             for feature, column in zip(dataset.features, X_train.T, strict=True)
         ],
         "target": target,
-        "metrics": _metrics(example.task, y_test, predicted),
+        "metrics": metrics_of(example.task, y_test, predicted),
         "evaluation": Evaluation(
             data=f"sklearn.datasets.{dataset.origin}",
             rows=len(y_test),
@@ -325,20 +325,6 @@ def _train_variant(
         ],
     }
     return write_version(model_dir, fields, estimator, replace=True)
-
-
-def _metrics(task: Task, expected: Any, predicted: Any) -> dict[str, float]:
-    if task == "classification":
-        scores = {
-            "accuracy": accuracy_score(expected, predicted),
-            "f1_macro": f1_score(expected, predicted, average="macro"),
-        }
-    else:
-        scores = {
-            "r2": r2_score(expected, predicted),
-            "mae": mean_absolute_error(expected, predicted),
-        }
-    return {metric: round(float(value), 4) for metric, value in scores.items()}
 
 
 def _plain(value: Any, feature: FeatureSpec) -> FeatureValue:

@@ -15,6 +15,7 @@ from app.codecs.v2.metadata import v2_datatypes, v2_example, v2_layout, v2_outpu
 from app.codecs.v2.protocol import HEADER_LENGTH, HEADER_LENGTH_DIGITS
 from app.config import Settings
 from app.http import paths
+from app.http.openapi_describe import describe_model
 from app.http.openapi_explain import explain_operation
 from app.http.openapi_stream import fill_stream_operation
 from app.serving.model import LoadedModel
@@ -207,7 +208,7 @@ class _TypedOperations:
         )
         if not operation:
             return operation
-        operation["description"] = _describe(model, pinned=pinned)
+        operation["description"] = describe_model(model, pinned=pinned)
         request_schema = model.inputs.json_schema(ref_template="#/components/schemas/{model}")
         self.schemas.update(request_schema.pop("$defs", {}))
         request_name = f"{model.inputs.prefix}PredictionRequest"
@@ -372,38 +373,3 @@ class _TypedOperations:
             part for part in (model.card.description, layout) if part
         )
         return operation
-
-
-def _describe(model: LoadedModel, *, pinned: bool) -> str:
-    card = model.card
-    which = "Version" if pinned else "Default version"
-    lines = [
-        f"{card.description}",
-        "",
-        f"{which}: **{card.version}** ({card.task}). Send rows as objects keyed by feature"
-        " name, or as arrays in this order:",
-        "",
-        "| feature | type | allowed | description |",
-        "|---|---|---|---|",
-    ]
-    for feature in card.features:
-        if feature.categories:
-            allowed = ", ".join(feature.categories)
-        else:
-            low = "" if feature.minimum is None else f"≥ {feature.minimum:g}"
-            high = "" if feature.maximum is None else f"≤ {feature.maximum:g}"
-            allowed = " ".join(part for part in (low, high) if part) or "any finite number"
-        lines.append(f"| `{feature.name}` | {feature.dtype} | {allowed} | {feature.description} |")
-    if card.metrics:
-        metrics = ", ".join(f"{key} {value:g}" for key, value in card.metrics.items())
-        where = card.evaluation
-        if where is None:
-            lines += ["", f"Held-out metrics: {metrics}."]
-        elif where.held_out:
-            lines += ["", f"Metrics on {where.rows} held-out rows of {where.data}: {metrics}."]
-        else:
-            lines += [
-                "",
-                f"Metrics on all {where.rows} rows of {where.data} (not held out): {metrics}.",
-            ]
-    return "\n".join(lines)

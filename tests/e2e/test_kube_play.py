@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import yaml  # type: ignore[import-untyped, unused-ignore]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.conftest import free_port
 from tests.e2e.container import IMAGE, REPO, Podman
@@ -37,8 +39,10 @@ def server_container(pod_spec: Doc) -> Doc:
     return found
 
 
-def kube_play_variant(deployment: Doc, host_port: int) -> Doc:
-    """The Deployment as podman 4.3 can start it here; everything else, probes included, as is."""
+def kube_play_variant(deployment: Doc, host_ports: dict[str, int]) -> Doc:
+    """The Deployment as podman 4.3 can start it here; everything else, probes included, as is.
+
+    `host_ports` maps each container port's name to the loopback port that publishes it."""
     variant = copy.deepcopy(deployment)
     pod_spec = variant["spec"]["template"]["spec"]
     container = server_container(pod_spec)
@@ -46,10 +50,10 @@ def kube_play_variant(deployment: Doc, host_port: int) -> Doc:
     container["image"] = IMAGE
     container["imagePullPolicy"] = "Never"
     # kube play (4.3) has no --publish: it publishes a container port only when it has a
-    # hostPort. On loopback only.
-    http = next(port for port in container["ports"] if port["name"] == "http")
-    http["hostPort"] = host_port
-    http["hostIP"] = "127.0.0.1"
+    # hostPort. On loopback only; every port, or podman binds the others on all interfaces.
+    for port in container["ports"]:
+        port["hostPort"] = host_ports[port["name"]]
+        port["hostIP"] = "127.0.0.1"
     # podman 4.3 makes an emptyDir a directory copied from the image, ignoring `medium: Memory`
     # and fsGroup: /dev/shm would be root's, mode 0755, and gunicorn (UID 10001) could not
     # create its worker heartbeat files there (the master dies). Without the volume the
@@ -66,6 +70,7 @@ class PlayedPod:
     podman: Podman
     url: str
     manifest: Doc
+    host_ports: dict[str, int]
 
     def inspect(self) -> Doc:
         found: list[Doc] = json.loads(self.podman("container", "inspect", CONTAINER).stdout)
@@ -95,10 +100,11 @@ def wait_ready(pod: PlayedPod, timeout: float = 180) -> None:
 @pytest.fixture(scope="module")
 def played(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlayedPod]:
     deployment: Doc = yaml.safe_load(DEPLOYMENT.read_text())
-    port = free_port()
+    container = server_container(deployment["spec"]["template"]["spec"])
+    host_ports = {port["name"]: free_port() for port in container["ports"]}
     manifest = tmp_path_factory.mktemp("kube") / "deployment.yaml"
-    manifest.write_text(yaml.safe_dump(kube_play_variant(deployment, port), sort_keys=False))
-    pod = PlayedPod(podman, f"http://127.0.0.1:{port}", deployment)
+    manifest.write_text(yaml.safe_dump(kube_play_variant(deployment, host_ports), sort_keys=False))
+    pod = PlayedPod(podman, f"http://127.0.0.1:{host_ports['http']}", deployment, host_ports)
     try:
         with podman.timed("kube play"):
             # Without systemd, podman logs that it cannot schedule the liveness healthcheck's
@@ -125,16 +131,32 @@ def test_the_pod_becomes_ready_and_predicts(played: PlayedPod) -> None:
     assert reply.json()["predictions"][0]["label"] == "setosa"
 
 
+def grpc_health_status(target: str, service: str) -> str:
+    """What the kubelet's gRPC probe asks: grpc.health.v1 Check on `service`."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
 def test_every_probe_path_answers(played: PlayedPod) -> None:
     """podman runs no readiness or startup probe, and no liveness probe without systemd: ask
-    each probe's path on the port it names, as the kubelet would."""
+    each probe on the port it names, as the kubelet would (HTTP GET, or gRPC health checking)."""
     container = server_container(played.manifest["spec"]["template"]["spec"])
-    named_ports = {port["name"]: port["containerPort"] for port in container["ports"]}
-    published = next(port for port in container["ports"] if port["name"] == "http")
+    by_number = {port["containerPort"]: port["name"] for port in container["ports"]}
+    names = {port["name"] for port in container["ports"]}
     for probe in PROBES:
+        if "grpc" in container[probe]:
+            request = container[probe]["grpc"]
+            name = by_number[request["port"]]  # a gRPC probe names its port by number
+            target = f"127.0.0.1:{played.host_ports[name]}"
+            status = grpc_health_status(target, request.get("service", ""))
+            assert status == "SERVING", f"{probe} gRPC health on {name}: {status}"
+            continue
         request = container[probe]["httpGet"]
-        assert named_ports.get(request["port"], request["port"]) == published["containerPort"]
-        answer = httpx.get(f"{played.url}{request['path']}", timeout=10)
+        name = request["port"] if request["port"] in names else by_number[request["port"]]
+        url = f"http://127.0.0.1:{played.host_ports[name]}{request['path']}"
+        answer = httpx.get(url, timeout=10)
         assert answer.status_code == 200, f"{probe} {request['path']}: {answer.text}"
 
 
@@ -165,7 +187,7 @@ def test_the_pod_runs_as_the_manifest_says(played: PlayedPod) -> None:
 
 def test_the_variant_changes_only_what_podman_needs() -> None:
     deployment: Doc = yaml.safe_load(DEPLOYMENT.read_text())
-    variant = kube_play_variant(deployment, 18000)
+    variant = kube_play_variant(deployment, {"http": 18000, "grpc": 18001})
     original = server_container(deployment["spec"]["template"]["spec"])
     played = server_container(variant["spec"]["template"]["spec"])
     for probe in PROBES:

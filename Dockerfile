@@ -1,7 +1,7 @@
 # modelport: gunicorn with uvicorn workers serving the model store at /srv/models.
 #
 #   docker build -t modelport .
-#   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp --tmpfs /dev/shm modelport
+#   docker run --rm -p 8000:8000 -p 8081:8081 --read-only --tmpfs /tmp --tmpfs /dev/shm modelport
 #
 # Models: the bundled examples are trained at build time into /srv/models. To serve your own
 # store instead, mount it over them, read-only (the server never writes to it; UID 10001 must be
@@ -57,7 +57,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODELPORT_MODEL_DIR=/srv/models
 WORKDIR /srv
 USER 10001:10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC (MODELPORT_GRPC_PORT; 0 turns it off).
+EXPOSE 8000 8081
 # No curl in slim images: Python's urllib asks /readyz (200 once every model is loaded).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('MODELPORT_PORT', '8000'), timeout=4)"]

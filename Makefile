@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 # KServe's client needs pandas<3, so the interop tests run it from a virtualenv of its own.
 KSERVE_VENV ?= .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
+# An older scikit-learn in a virtualenv of its own: the version-safety tests save a model with it.
+OLDSKLEARN_VENV ?= .venv-oldsklearn
+OLDSKLEARN_STAMP := $(OLDSKLEARN_VENV)/.installed
 # The native hot path (app/native): built with the machine's C compiler, if it has one.
 NATIVE := app/native/hotpath.so
 
-.PHONY: serve dev train test lint format lock clean bench bench-quick
+.PHONY: serve dev train test lint format lock clean bench bench-quick proto
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "modelport needs Python >= 3.11"'
@@ -20,6 +23,11 @@ $(STAMP): pyproject.toml constraints.txt
 $(KSERVE_STAMP): tests/e2e/kserve-requirements.txt
 	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/e2e/kserve-requirements.txt
+	touch $@
+
+$(OLDSKLEARN_STAMP): tests/app/training/oldsklearn-requirements.txt
+	test -x $(OLDSKLEARN_VENV)/bin/python || $(PYTHON) -m venv $(OLDSKLEARN_VENV)
+	$(OLDSKLEARN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/app/training/oldsklearn-requirements.txt
 	touch $@
 
 # Without a C compiler this says so and builds nothing; modelport then takes its Python paths.
@@ -40,8 +48,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy app routers schemas tests benchmarks
 
-test: lint $(KSERVE_STAMP) $(NATIVE)
-	KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python $(BIN)/pytest
+test: lint $(KSERVE_STAMP) $(OLDSKLEARN_STAMP) $(NATIVE)
+	KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python \
+	OLDSKLEARN_PYTHON=$(abspath $(OLDSKLEARN_VENV))/bin/python $(BIN)/pytest
 
 # modelport against the Flask prototype, a naive FastAPI port and two ceilings, then the overload
 # scenario (needs wrk and two cores; ~21 minutes). Trains its models into a temporary store;
@@ -52,6 +61,15 @@ bench: $(STAMP) $(NATIVE)
 # The same harness in about a minute, results in a temporary directory: proves it runs.
 bench-quick: $(STAMP) $(NATIVE)
 	$(BIN)/python -m benchmarks --quick
+
+# The gRPC service's messages and stubs, generated from its .proto by grpcio-tools (a dev
+# dependency) and committed beside it: installing modelport or building the image then needs no
+# protocol compiler, and a change to the protocol is reviewed as a diff of the generated code.
+# Run after editing the .proto; grpcio-tools 1.81.1 writes code that needs grpcio >= 1.81.1 and
+# protobuf >= 6.33.5 at run time.
+PROTO := app/codecs/grpc/proto/grpc_predict_v2.proto
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. $(PROTO)
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -66,4 +84,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) $(KSERVE_VENV) $(NATIVE) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) $(OLDSKLEARN_VENV) $(NATIVE) .mypy_cache .ruff_cache .pytest_cache

@@ -1,5 +1,6 @@
-"""The service's errors. The core raises these (never `HTTPException`); `app.http.errors`
-turns them into the one envelope `{"error": "<Kind>", "detail": ...}`.
+"""The service's errors. The core raises these (never `HTTPException`); each protocol turns them
+into its own envelope: `app.http.errors` (`{"error": "<Kind>", "detail": ...}`, and the Open
+Inference Protocol's `{"error": "<message>"}`), `app.grpc.errors` (a gRPC status code and message).
 
 Kept free of FastAPI so the inference core and the CLI can use it.
 """
@@ -26,6 +27,12 @@ class Unauthorized(ServiceError):
     headers = {"WWW-Authenticate": "ApiKey"}
 
 
+class Forbidden(ServiceError):
+    """Refused whoever asks: the operation is turned off by a setting."""
+
+    status_code = 403
+
+
 class ModelNotFound(ServiceError):
     status_code = 404
 
@@ -38,6 +45,20 @@ class ModelUnavailable(ServiceError):
 
 class NotReady(ServiceError):
     status_code = 503
+
+
+class LoadFailed(ServiceError):
+    """A repository load after which no version of the model serves (Triton answers 400 too)."""
+
+    status_code = 400
+
+
+class RepositoryBusy(ServiceError):
+    """A repository load or unload that could not be applied now (the workers are being
+    replaced, or the master did not finish in time): worth retrying."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}
 
 
 class InvalidInput(ServiceError):
@@ -106,10 +127,29 @@ class ClientGone(ServiceError):
     status_code = 499
 
 
+class NotExplainable(ServiceError):
+    """No exact explanation method applies to this model (docs/explanations.md says which do)."""
+
+    status_code = 501
+
+
 class InferenceError(ServiceError):
     """The model itself failed on input that passed validation: a server-side fault."""
 
     status_code = 500
+
+
+def one_line(kind: str, detail: Any) -> str:
+    """An error as one line of text, for protocols whose errors are a message (the Open Inference
+    Protocol's `{"error"}`, a gRPC status): pydantic's issues as "loc: msg" each, joined by "; ";
+    else the message; else the kind."""
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(map(str, issue.get('loc', [])))}: {issue.get('msg', '')}"
+            for issue in detail
+            if isinstance(issue, dict)
+        )
+    return str(detail) if detail else kind
 
 
 def clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:

@@ -1,6 +1,9 @@
 """The application factory and lifespan. `app = create_app()` is the ASGI entrypoint."""
 
 import logging
+import os
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -8,23 +11,34 @@ from typing import TypedDict
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
-from app.config import Settings, get_settings
+from app.access_log import ACCESS_LOG
+from app.config import MASTER_PID_ENV, Settings, get_settings, repository_state_file_of
+from app.grpc.server import start_grpc
 from app.http import paths
 from app.http.dependencies import ApiKeyGuard
 from app.http.docs_pages import install_docs
 from app.http.errors import add_exception_handlers
 from app.http.middleware.body_limit import BodyLimitMiddleware
 from app.http.middleware.cors import EnvelopeCORSMiddleware
-from app.http.middleware.observability import ACCESS_LOG, ObservabilityMiddleware
+from app.http.middleware.observability import ObservabilityMiddleware
+from app.http.middleware.tracing import TracingMiddleware
 from app.http.openapi import install_openapi
 from app.metrics import TURN_METRICS
-from app.serving.backend_gate import backend_hook
-from app.serving.batching import BatchPolicy, batching_hook
+from app.server.handover import hand_over
 from app.serving.dataplane import DataPlane
+from app.serving.loading import registry_for
+from app.serving.master_repository import MasterRepository
+from app.serving.payload_log import payload_log_from
 from app.serving.registry import ModelRegistry
-from routers import files, forms, health, models, predict, v2
+from app.serving.repository import InProcessRepository, Repository
+from app.serving.repository_state import StateFile
+from app.tracing import TRACING, trace_exporters
+from routers import explain, files, forms, health, models, predict, stream, v2
 
 logger = logging.getLogger("modelport")
+
+# How long a worker shutting down keeps the gRPC port for a new worker to start listening on it.
+HANDOVER_SECONDS = 10.0
 
 
 class State(TypedDict):
@@ -48,6 +62,10 @@ def _body_limits(settings: Settings) -> Callable[[str], int]:
         # Multipart uploads (files, forms) get their own, larger limit.
         if path.endswith(paths.UPLOAD_SUFFIXES):
             return settings.max_upload_bytes
+        # Streams count their own bodies (MODELPORT_STREAM_MAX_BYTES, if set): past the limit
+        # the reply has started, and says so in its own last records rather than being cut.
+        if path.endswith(paths.STREAM_SUFFIX):
+            return sys.maxsize
         return settings.max_body_bytes
 
     return limit_for
@@ -58,28 +76,30 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
+def _repository(settings: Settings, registry: ModelRegistry) -> Repository:
+    """Under `modelport serve` the gunicorn master holds the models, and loads and unloads them
+    for its workers; anywhere else (`modelport dev`, tests) this process does."""
+    master = os.environ.get(MASTER_PID_ENV)
+    if master is None:
+        return InProcessRepository(registry)
+    return MasterRepository(
+        registry,
+        StateFile(repository_state_file_of(settings)),
+        master_pid=int(master),
+        timeout=settings.repository_timeout,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     _configure_logging(settings.log_level)
-    registry = ModelRegistry(
-        settings.model_dir,
-        max_rows=settings.max_rows,
-        trusted_types=settings.skops_trusted_types,
-        # The backend and the batcher are attached to each version as it loads (MLServer's
-        # load-hook pattern): the parity gate first, so the batcher sees the chosen backend.
-        on_load=[
-            backend_hook(settings.backend),
-            batching_hook(
-                BatchPolicy(
-                    max_rows=settings.batch_max_rows,
-                    max_wait=settings.batch_max_wait_ms / 1000,
-                    enabled=settings.batching,
-                    max_queue_rows=settings.queue_max_rows,
-                )
-            ),
-        ],
-    )
-    dataplane = DataPlane(registry)
+    # The backend and the batcher are attached to each version as it loads (app.serving.loading).
+    registry = registry_for(settings)
+    payload_log = payload_log_from(settings)
+    dataplane = DataPlane(registry, _repository(settings, registry), payload_log)
+    # OpenTelemetry, by the standard OTEL_* variables (app.tracing): off unless they name an
+    # exporter, and then started in each worker (the lifespan runs after gunicorn's fork).
+    exporters = trace_exporters(os.environ)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -88,10 +108,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # worker (app.server.gunicorn_conf), so the models' memory is shared: keep that copy.
         if not registry.loaded:
             registry.load()
+        if exporters:
+            TRACING.start(exporters, service_version=app.version)
+        # The gRPC surface, on this process's event loop: under gunicorn, in every worker after
+        # the fork (app.grpc.server).
+        grpc_server = await start_grpc(dataplane, settings) if settings.grpc_port else None
         yield {"registry": registry, "dataplane": dataplane}
+        if grpc_server is not None:
+            # On a reload the port stays served until a new worker listens on it (gRPC's
+            # listeners are the workers' own); then calls in flight finish before the models go.
+            started = time.monotonic()
+            await hand_over(grpc_server.port, timeout=HANDOVER_SECONDS)
+            spent = time.monotonic() - started
+            await grpc_server.stop(grace=max(settings.graceful_timeout - spent, 1.0))
         registry.clear()
+        if payload_log is not None:
+            payload_log.close()
         ACCESS_LOG.flush()
         TURN_METRICS.flush()
+        if exporters:
+            TRACING.stop()
 
     app = FastAPI(
         title="modelport",
@@ -102,9 +138,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url=paths.OPENAPI if settings.docs_enabled else None,
         generate_unique_id_function=_operation_id,
-        # FastAPI's native OpenTelemetry: no OpenTelemetry SDK ships with modelport, so all it
-        # could do is ask, on every request, whether a provider was configured (~3% of a
-        # worker's time on iris). Metrics are Prometheus', at /metrics.
+        # FastAPI's native OpenTelemetry stays off, even with tracing on: it asks on every
+        # request whether a provider was configured (~3% of a worker's time on iris), and, on,
+        # its server span cost more CPU than ours (app.http.middleware.tracing, installed only
+        # when tracing is on; `python -m benchmarks.tracing`, docs/operations.md "Tracing").
+        # Metrics are Prometheus', at /metrics.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
@@ -124,12 +162,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ObservabilityMiddleware, access_log=ACCESS_LOG if settings.access_log else None
     )
+    if exporters:  # outside it, so the server span covers the whole request
+        app.add_middleware(TracingMiddleware)
     # First, so they are matched first. They carry the API-key guard only when a key is
     # configured: even a guard that lets everything through costs a dependency solve.
     predict.add_routes(app, guard=[ApiKeyGuard] if settings.api_key else [])
+    explain.add_routes(app, guard=[ApiKeyGuard] if settings.api_key else [])
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(files.router)
+    app.include_router(stream.router)
     app.include_router(forms.router)
     app.include_router(v2.router)
     if settings.docs_enabled:

@@ -46,11 +46,13 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter(
-    "modelport_requests_total", "HTTP requests answered.", ["route", "method", "status"]
+    "modelport_requests_total",
+    "Requests answered: HTTP, and gRPC calls (method GRPC, status the HTTP equivalent of the gRPC code).",
+    ["route", "method", "status"],
 )
 LATENCY = Histogram(
     "modelport_request_duration_seconds",
-    "Time to answer an HTTP request.",
+    "Time to answer a request (HTTP, or a gRPC call).",
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -95,9 +97,19 @@ DISCONNECTED = Counter(
     "Requests whose client disconnected while their rows waited: dropped before the estimator.",
     ["model", "version"],
 )
+
+
+# Whether concurrent requests of different protocols share estimator calls (they should: every
+# surface goes through the same batcher). Counted only for calls serving two or more requests,
+# so a lone request costs nothing here.
+SHARED_BATCHES = Counter(
+    "modelport_shared_batches_total",
+    "Estimator calls that served two or more requests, by those requests' protocols (http, grpc or grpc+http).",
+    ["model", "version", "protocols"],
+)
 # "max": one value per model across workers (they load the same store).
 MODEL_LOADED = Gauge(
-    "modelport_model_loaded", "1 when the version is serving, 0 when it was refused.", ["model", "version"],
+    "modelport_model_loaded", "1 when the version is serving, 0 when it was refused or unloaded.", ["model", "version"],
     multiprocess_mode="max",
 )  # fmt: skip
 MODEL_BACKEND = Gauge(
@@ -106,12 +118,50 @@ MODEL_BACKEND = Gauge(
     ["model", "version", "backend"],
     multiprocess_mode="max",
 )
+MODEL_VERSION_MISMATCH = Gauge(
+    "modelport_model_version_mismatch",
+    "1 when the version's artifact was made with another scikit-learn minor version than the "
+    "server runs (refused, or served under MODELPORT_VERSION_MISMATCH=warn).",
+    ["model", "version"],
+    multiprocess_mode="max",
+)
 MODEL_LOAD_SECONDS = Gauge(
     "modelport_model_load_seconds",
     "Time taken to load the version.",
     ["model", "version"],
     multiprocess_mode="max",
 )
+PAYLOAD_LOG_RECORDS = Counter(
+    "modelport_payload_log_records_total",
+    "Payload log records written to the file or accepted by the sink.",
+)
+PAYLOAD_LOG_DROPPED = Counter(
+    "modelport_payload_log_dropped_total",
+    "Payload log records dropped: queue_full (the writer fell behind) or sink_error.",
+    ["reason"],
+)
+
+
+# Label children looked up once per (route, method[, status]): `labels()` takes a lock and
+# builds its key on every call. Routes are templates, so these stay small.
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+_HISTOGRAMS: dict[tuple[str, str], Any] = {}
+
+
+def request_counter(route: str, method: str, status: int) -> Any:
+    key = (route, method, status)
+    child = _COUNTERS.get(key)
+    if child is None:
+        child = _COUNTERS[key] = REQUESTS.labels(route, method, str(status))
+    return child
+
+
+def latency_histogram(route: str, method: str) -> Any:
+    key = (route, method)
+    child = _HISTOGRAMS.get(key)
+    if child is None:
+        child = _HISTOGRAMS[key] = LATENCY.labels(route, method)
+    return child
 
 
 def render() -> tuple[bytes, str]:

@@ -28,6 +28,9 @@ from typing import Any
 import httpx
 
 from benchmarks.bulk import BulkResult, run_bulk
+from benchmarks.explain import ExplainResult, run_explain
+from benchmarks.grpc_section import GrpcScenarioResult, run_grpc_section
+from benchmarks.h2load import h2load_version
 from benchmarks.load import LoadError, wrk_version
 from benchmarks.memory import FULL_FOREST, QUICK_FOREST, ForestSpec, MemoryResult, run_memory
 from benchmarks.overload import OverloadResult, run_overload
@@ -47,6 +50,7 @@ from benchmarks.servers import (
     wait_ready,
 )
 from benchmarks.store import MODELS, ModelBackend, build_store, read_backends
+from benchmarks.streaming import FULL_ROWS, QUICK_ROWS, StreamResult, run_stream
 from benchmarks.throughput import (
     ScenarioResult,
     default_scenarios,
@@ -56,7 +60,7 @@ from benchmarks.throughput import (
 
 logger = logging.getLogger("benchmarks")
 
-SECTIONS = ("throughput", "bulk", "memory", "overload")
+SECTIONS = ("throughput", "bulk", "stream", "memory", "grpc", "explain", "overload")
 # The order each round runs them in.
 CONFIGURATIONS: tuple[Configuration, ...] = (FLASK, NAIVE, CONSTANT, BARE_ASGI, MODELPORT)
 BULK_CONFIGURATIONS: tuple[Configuration, ...] = (MODELPORT, NAIVE, FLASK)
@@ -72,6 +76,7 @@ class Plan:
     duration_s: int
     warmup_s: int
     bulk_repeats: int
+    stream_rows: int
     forest: ForestSpec
     sections: tuple[str, ...]
     server_cpu: int
@@ -100,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bulk-repeats", type=int, help="Timed 10,000-row repetitions (default 7; quick 2)."
+    )
+    parser.add_argument(
+        "--stream-rows",
+        type=int,
+        help=f"Rows streamed in the stream section (default {FULL_ROWS:,}; quick {QUICK_ROWS:,}).",
     )
     parser.add_argument(
         "--forest-trees",
@@ -155,6 +165,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         duration_s=pick(args.duration, 6, 2),
         warmup_s=pick(args.warmup, 2, 0, least=0),
         bulk_repeats=pick(args.bulk_repeats, 7, 2),
+        stream_rows=pick(args.stream_rows, FULL_ROWS, QUICK_ROWS),
         forest=ForestSpec(trees=trees),
         sections=tuple(section for section in SECTIONS if section not in args.skip),
         server_cpu=args.server_cpu,
@@ -163,9 +174,8 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 
 def _machine_problems(plan: Plan) -> list[str]:
-    problems = [
-        f"`{tool}` is not installed" for tool in ("wrk", "taskset") if not shutil.which(tool)
-    ]
+    tools = ["wrk", "taskset"] + (["h2load"] if "grpc" in plan.sections else [])
+    problems = [f"`{tool}` is not installed" for tool in tools if not shutil.which(tool)]
     allowed = os.sched_getaffinity(0)
     for role, cpu in (("server", plan.server_cpu), ("client", plan.client_cpu)):
         if cpu not in allowed:
@@ -218,12 +228,25 @@ def _rounds_dropped(plan: Plan, throughput: list[ScenarioResult]) -> dict[str, A
 
 def _run_against_servers(
     plan: Plan, store: Path, work_dir: Path, meta: dict[str, Any]
-) -> tuple[list[ScenarioResult], BulkResult | None, list[ModelBackend]]:
-    """The throughput and bulk sections, which share one server per configuration."""
+) -> tuple[
+    list[ScenarioResult],
+    BulkResult | None,
+    list[ModelBackend],
+    StreamResult | None,
+    ExplainResult | None,
+]:
+    """The throughput, bulk, stream and explain sections, which share one server per
+    configuration."""
     wanted = set(plan.sections)
-    if not wanted & {"throughput", "bulk"}:
-        return [], None, []
-    configurations = CONFIGURATIONS if "throughput" in wanted else BULK_CONFIGURATIONS
+    if not wanted & {"throughput", "bulk", "explain"}:
+        return [], None, [], None, None
+    configurations: tuple[Configuration, ...] = (
+        CONFIGURATIONS
+        if "throughput" in wanted
+        else BULK_CONFIGURATIONS
+        if "bulk" in wanted
+        else (MODELPORT,)
+    )
     scenarios = []
     for scenario in default_scenarios():
         if (store / scenario.model).is_dir():
@@ -266,7 +289,29 @@ def _run_against_servers(
         if "bulk" in wanted:
             with httpx.Client(timeout=300) as client:
                 bulk = run_bulk(store, by_key, repeats=plan.bulk_repeats, client=client)
-        return throughput, bulk, backends
+        stream = None
+        if "stream" in wanted:
+            stream = run_stream(
+                store,
+                rows=plan.stream_rows,
+                work_dir=work_dir,
+                server_cpu=plan.server_cpu,
+                server=by_key["modelport"],
+            )
+        explain = None
+        if "explain" in wanted:
+            explain = run_explain(
+                by_key["modelport"],
+                store=store,
+                rounds=plan.rounds,
+                duration_s=plan.duration_s,
+                warmup_s=plan.warmup_s,
+                server_cpu=plan.server_cpu,
+                client_cpu=plan.client_cpu,
+                work_dir=work_dir,
+                cookie=cookie,
+            )
+        return throughput, bulk, backends, stream, explain
     finally:
         for server in servers:
             stop_server(server)
@@ -282,6 +327,7 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "wrk": wrk_version(),
+        "h2load": h2load_version(),
         "rounds": plan.rounds,
         "duration_s": plan.duration_s,
         "warmup_s": plan.warmup_s,
@@ -292,14 +338,34 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         # Other work on the machine is noise the min–max columns show; this says how much ran.
         "load_average_at_start": [round(value, 2) for value in _load_average()],
     }
-    if store is None and {"throughput", "bulk", "overload"} & set(plan.sections):
+    needs_store = {"throughput", "bulk", "stream", "grpc", "explain", "overload"}
+    if store is None and needs_store & set(plan.sections):
         store = build_store(work_dir)
     throughput: list[ScenarioResult] = []
     bulk: BulkResult | None = None
     backends: list[ModelBackend] = []
+    stream: StreamResult | None = None
+    explain: ExplainResult | None = None
     if store is not None:
-        throughput, bulk, backends = _run_against_servers(plan, store, work_dir, meta)
+        throughput, bulk, backends, stream, explain = _run_against_servers(
+            plan, store, work_dir, meta
+        )
+        if stream is None and "stream" in plan.sections:  # alone: a server of its own
+            stream = run_stream(
+                store, rows=plan.stream_rows, work_dir=work_dir, server_cpu=plan.server_cpu
+            )
     meta["rounds_dropped"] = _rounds_dropped(plan, throughput)
+    grpc: list[GrpcScenarioResult] = []
+    if store is not None and "grpc" in plan.sections:
+        grpc = run_grpc_section(
+            store,
+            rounds=plan.rounds,
+            duration_s=plan.duration_s,
+            warmup_s=plan.warmup_s,
+            server_cpu=plan.server_cpu,
+            client_cpu=plan.client_cpu,
+            work_dir=work_dir,
+        )
     memory: MemoryResult | None = None
     if "memory" in plan.sections:
         memory = run_memory(
@@ -322,6 +388,9 @@ def run(plan: Plan, *, store: Path | None, work_dir: Path, cache_dir: Path) -> B
         bulk=bulk,
         memory=memory,
         backends=backends,
+        stream=stream,
+        grpc=grpc,
+        explain=explain,
         overload=overload,
     )
 

@@ -13,11 +13,14 @@ from typing import Any
 
 from benchmarks.bulk import BulkResult
 from benchmarks.chart import CHART_LABELS, draw_chart, ms, rate
+from benchmarks.explain import ExplainResult, explain_table
+from benchmarks.grpc_section import GrpcScenarioResult, grpc_table
 from benchmarks.memory import MemoryResult
 from benchmarks.overload import OverloadResult
 from benchmarks.overload_report import overload_markdown
 from benchmarks.stats import Spread, TargetCheck
 from benchmarks.store import ModelBackend
+from benchmarks.streaming import StreamResult, stream_table
 from benchmarks.targets import ISSUE
 from benchmarks.throughput import REFERENCES, ConfigurationResult, ScenarioResult
 
@@ -40,6 +43,12 @@ class BenchReport:
     backends: list[ModelBackend] = dataclasses.field(default_factory=list)
     # Issue 18's overload scenario (its targets are its own, not among issue 16's).
     overload: OverloadResult | None = None
+    # Issue 21's bulk stream (its targets are reported with it, not among issue 16's).
+    stream: StreamResult | None = None
+    # Issue 17's gRPC beside REST.
+    grpc: list[GrpcScenarioResult] = dataclasses.field(default_factory=list)
+    # Issue 19's explanations and payload logging.
+    explain: ExplainResult | None = None
 
 
 # -- JSON -----------------------------------------------------------------------------------------
@@ -290,8 +299,14 @@ def to_markdown(report: BenchReport) -> str:
         lines += _scenario_table(scenario)
     if report.bulk is not None:
         lines += _bulk_table(report.bulk)
+    if report.stream is not None:
+        lines += stream_table(report.stream)
     if report.memory is not None:
         lines += _memory_table(report.memory)
+    if report.grpc:
+        lines += grpc_table(report.grpc)
+    if report.explain is not None:
+        lines += explain_table(report.explain)
     checks = all_targets(report)
     if checks:
         met = sum(check.met for check in checks)
@@ -317,6 +332,7 @@ def labelled_targets(report: BenchReport) -> list[tuple[str, TargetCheck]]:
         ]
     if report.memory is not None:
         checks += [("memory", check) for check in report.memory.targets]
+    checks += [(f"gRPC {result.key}", check) for result in report.grpc for check in result.targets]
     return checks
 
 

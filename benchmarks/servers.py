@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,13 +125,16 @@ def start_server(
     log_dir: Path,
     workers: int = 1,
     access_log: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> RunningServer:
-    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`.
+    """Start `configuration` with `workers` workers, master and workers pinned to `cpu`
+    (`env`: settings of modelport's own, e.g. payload logging or a gRPC port).
     `access_log`: where modelport's stdout (its JSON access log) goes; by default nowhere.
 
     Returns once the process is running; call `wait_ready` before sending load.
     """
     port = free_port()
+    extra = dict(env or {})
     env = _clean_environment() | {"MODELPORT_MODEL_DIR": str(store), "PYTHONPATH": str(REPO)}
     if configuration.gunicorn_app is None:
         env |= {
@@ -139,7 +142,10 @@ def start_server(
             "MODELPORT_PORT": str(port),
             "MODELPORT_WORKERS": str(workers),
             "MODELPORT_PID_FILE": str(log_dir / f"modelport-{port}.pid"),
-        }
+            # Its gRPC port only where a section asks for one: a fixed default port would be
+            # shared (SO_REUSEPORT) by every modelport the harness starts.
+            "MODELPORT_GRPC_PORT": "0",
+        } | extra
         command = [str(BIN / "modelport"), "serve"]
         # Not the repository: pydantic-settings would read a developer's .env there.
         cwd = log_dir

@@ -43,3 +43,8 @@ ADDED_PRIVATE_TARGET_MB = 15.0
 # Not one of issue 16's targets, so not counted among them: issue 6's bound on each worker after a
 # SIGHUP reload, still checked and reported beside them.
 RELOADED_WORKER_PRIVATE_MB = 25.0
+
+# Issue 17: gRPC against REST on the same worker, same client, 64 connections (the gRPC section).
+GRPC_TARGETS: dict[str, list[TargetSpec]] = {
+    "iris-64": [TargetSpec("rest", 1.0, "at_least", "gRPC ≥ REST (issue 17)")],
+}

@@ -4,9 +4,10 @@ from fastapi import APIRouter, Query
 
 from app.http import paths
 from app.http.dependencies import ModelName, ModelVersion, RegistryDep
+from app.store.versions import runtime_versions
 from schemas.cards import ModelCard
 from schemas.errors import error_responses
-from schemas.models import BackendInfo, ModelInfo, ModelList, ModelSummary
+from schemas.models import BackendInfo, ModelInfo, ModelList, ModelSummary, RuntimeVersions
 
 router = APIRouter(
     tags=["models"],
@@ -52,7 +53,7 @@ async def list_models(
     responses=error_responses({404: "Unknown model.", 503: "No loadable version."}),
 )
 async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
-    """The default version's card, every version, and the traffic split."""
+    """The default version's card, every version, the traffic split, and what serves them."""
     entry = registry.entry(model_name)
     default = registry.get(model_name)
     return ModelInfo(
@@ -65,6 +66,17 @@ async def read_model(model_name: ModelName, registry: RegistryDep) -> ModelInfo:
             version: BackendInfo(name=model.backend.name, reason=model.backend.reason)
             for version, model in sorted(entry.versions.items())
         },
+        version_mismatches={
+            version: model.version_mismatch
+            for version, model in sorted(entry.versions.items())
+            if model.version_mismatch is not None
+        },
+        load_warnings={
+            version: list(model.load_warnings)
+            for version, model in sorted(entry.versions.items())
+            if model.load_warnings
+        },
+        runtime=RuntimeVersions(**runtime_versions()),
         card=default.card,
     )
 

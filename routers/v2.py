@@ -1,6 +1,7 @@
-"""The Open Inference Protocol (KServe V2, Triton, MLServer) over REST.
+"""The Open Inference Protocol (KServe V2, Triton, MLServer) over REST, with its model
+repository extension (index, load, unload; app.serving.repository).
 
-Every route has a `/versions/{version}` twin. Its routes carry the protocol's error envelope,
+Every model route has a `/versions/{version}` twin. Its routes carry the protocol's error envelope,
 `{"error": "<message>"}` (app.http.v2_errors), and an unknown path under /v2 gets it too.
 Unpinned requests go to the model's default version: OIP clients carry no session cookie, so
 the canary split does not apply here.
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.codecs.v2.infer import infer_reply, infer_request
 from app.codecs.v2.metadata import model_metadata
-from app.codecs.v2.protocol import HEADER_LENGTH
+from app.codecs.v2.protocol import HEADER_LENGTH, SERVER_NAME, SERVER_VERSION
 from app.errors import ModelUnavailable
 from app.http import paths
 from app.http.deadlines import TIMEOUT_PARAMETER, disconnect_probe, request_deadline
@@ -23,6 +24,7 @@ from app.http.dependencies import (
     DataPlaneDep,
     ModelName,
     ModelVersion,
+    RepositoryWriteGuard,
     settings_of,
 )
 from app.http.v2_errors import OipFallbackRoute, OipRoute
@@ -35,6 +37,11 @@ from schemas.v2 import (
     ModelMetadata,
     ModelReadyStatus,
     ReadyStatus,
+    RepositoryIndexEntry,
+    RepositoryIndexRequest,
+    RepositoryLoadRequest,
+    RepositoryReply,
+    RepositoryUnloadRequest,
     ServerMetadata,
     V2Error,
 )
@@ -42,6 +49,8 @@ from schemas.v2 import (
 router = APIRouter(
     route_class=OipRoute,
     tags=["v2"],
+    # tritonclient sends its JSON bodies (the repository's included) with no Content-Type.
+    strict_content_type=False,
     responses={
         # "4XX" also stops FastAPI documenting its own 422 body, which /v2 never sends.
         "4XX": {"model": V2Error, "description": 'Client error: `{"error": "<message>"}`.'},
@@ -71,14 +80,14 @@ _OVERLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
-SERVER_VERSION = "0.1.0"
-
 
 @router.get(paths.V2)
 async def server_metadata() -> ServerMetadata:
     """Server name, version and the protocol extensions it supports."""
     return ServerMetadata(
-        name="modelport", version=SERVER_VERSION, extensions=["binary_tensor_data"]
+        name=SERVER_NAME,
+        version=SERVER_VERSION,
+        extensions=["binary_tensor_data", "model_repository"],
     )
 
 
@@ -216,6 +225,68 @@ async def infer_version(
 ) -> Response:
     """Inference on a pinned version."""
     return await _infer(dataplane, dataplane.model(model_name, version), request, header_length)
+
+
+@router.post(paths.REPOSITORY_INDEX, response_model_exclude_none=True)
+async def repository_index(
+    dataplane: DataPlaneDep, body: RepositoryIndexRequest | None = None
+) -> list[RepositoryIndexEntry]:
+    """Every model and version in the store with its state — READY, UNAVAILABLE (refused by
+    the store: `reason` says why) or UNLOADED (through this API) — sorted by name and version.
+    `{"ready": true}` lists only the versions ready to serve. A row without `version` is about
+    a model folder as a whole (e.g. one with no version folder)."""
+    rows = dataplane.repository.index(ready_only=body is not None and body.ready)
+    return [
+        RepositoryIndexEntry.model_validate(
+            {
+                "name": row.name,
+                "version": None if row.version is None else str(row.version),
+                "state": row.state,
+                "reason": row.reason,
+            }
+        )
+        for row in rows
+    ]
+
+
+_WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": V2Error,
+        "description": "A malformed body, or (load) no version of the model loads: the reasons.",
+    },
+    401: {"model": V2Error, "description": "An API key is configured and the request lacks it."},
+    403: {
+        "model": V2Error,
+        "description": "Repository writes are off (`MODELPORT_REPOSITORY_WRITES`; with no `MODELPORT_API_KEY` they are off unless it is true).",
+    },
+    404: {"model": V2Error, "description": "No such model in the store."},
+    503: {
+        "model": V2Error,
+        "description": "Not applied now (this worker is being replaced, or the reload took longer than `MODELPORT_REPOSITORY_TIMEOUT`): retry after `Retry-After`.",
+    },
+}
+
+
+@router.post(paths.REPOSITORY_LOAD, dependencies=[RepositoryWriteGuard], responses=_WRITE_RESPONSES)
+async def repository_load(
+    model_name: ModelName, dataplane: DataPlaneDep, body: RepositoryLoadRequest | None = None
+) -> RepositoryReply:
+    """Load the model's versions from the store, again if loaded: a model copied into the store
+    starts serving, an unloaded one serves again. 200 once they serve in every worker."""
+    await dataplane.repository.load(model_name)
+    return RepositoryReply()
+
+
+@router.post(
+    paths.REPOSITORY_UNLOAD, dependencies=[RepositoryWriteGuard], responses=_WRITE_RESPONSES
+)
+async def repository_unload(
+    model_name: ModelName, dataplane: DataPlaneDep, body: RepositoryUnloadRequest | None = None
+) -> RepositoryReply:
+    """Stop serving the model in every worker: its predictions answer 404 and the index lists
+    it UNLOADED, through reloads (SIGHUP), until it is loaded again or the server restarts."""
+    await dataplane.repository.unload(model_name)
+    return RepositoryReply()
 
 
 async def unknown_path() -> None:

@@ -44,6 +44,10 @@ _EXAMPLES: dict[int, tuple[str, Any]] = {
         "Model iris v1 cannot answer within the request's deadline: the predicted wait is 0.240 s and 0.100 s remain; retry after 1 s",
     ),
     500: ("InferenceError", "Model iris v1 failed: ValueError: ..."),
+    501: (
+        "NotExplainable",
+        "Model svc v1 cannot be explained: SVC is neither a tree model nor linear, and has 30 features (exact enumeration of feature subsets stops at 10)",
+    ),
     503: ("ModelUnavailable", "Model 'iris' version 2 is unavailable: SHA-256 mismatch: ..."),
     504: (
         "DeadlineExceeded",

@@ -27,6 +27,15 @@ class BackendInfo(BaseModel):
     )
 
 
+class RuntimeVersions(BaseModel):
+    """The library versions this server runs, named as the card's fields are."""
+
+    python_version: str | None
+    sklearn_version: str | None
+    numpy_version: str | None
+    scipy_version: str | None
+
+
 class ModelInfo(BaseModel):
     name: str
     default_version: int
@@ -39,5 +48,16 @@ class ModelInfo(BaseModel):
     )
     backends: dict[int, BackendInfo] = Field(
         default_factory=dict, description="The backend serving each loaded version."
+    )
+    version_mismatches: dict[int, str] = Field(
+        default_factory=dict,
+        description="Loaded versions whose artifact another scikit-learn minor version made, served because MODELPORT_VERSION_MISMATCH=warn, with both versions named.",
+    )
+    load_warnings: dict[int, list[str]] = Field(
+        default_factory=dict,
+        description="Warnings raised while loading each version (e.g. scikit-learn's InconsistentVersionWarning).",
+    )
+    runtime: RuntimeVersions = Field(
+        description="The library versions serving the model, to compare with the card's."
     )
     card: ModelCard = Field(description="Card of the default version.")

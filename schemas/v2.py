@@ -97,3 +97,40 @@ class InferenceResponse(BaseModel):
 
 class V2Error(BaseModel):
     error: str
+
+
+# The model repository extension (`inference_rest.md`, "Model Repository Extension").
+class RepositoryIndexRequest(BaseModel):
+    # Strict: `0` or `"yes"` is not a boolean (as in every other request model's numbers).
+    ready: bool = Field(default=False, strict=True, description="Only the versions ready to serve.")
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str | None = Field(
+        default=None, description="Absent on a row about the model name as a whole."
+    )
+    state: Literal["READY", "UNAVAILABLE", "UNLOADED"] = Field(
+        description="READY: serving. UNAVAILABLE: in the store but refused (see reason). UNLOADED: unloaded through this API."
+    )
+    reason: str = Field(description="Why the version is not ready; empty when READY.")
+
+
+class RepositoryLoadRequest(BaseModel):
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        strict=True,
+        description="Accepted and ignored (Triton's `config` and files included).",
+    )
+
+
+class RepositoryUnloadRequest(BaseModel):
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        strict=True,
+        description="Accepted and ignored (Triton's `unload_dependents` included).",
+    )
+
+
+class RepositoryReply(BaseModel):
+    """An empty object: the load or unload is done."""

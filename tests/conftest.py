@@ -1,6 +1,12 @@
 """Shared fixtures: tiny real models fitted in-process and written into a temporary store."""
 
+import http.server
+import importlib.util
+import json
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +20,7 @@ import sklearn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
@@ -23,6 +30,11 @@ from app.config import Settings
 from app.main import create_app
 from app.store.artifacts import sha256_of
 from schemas.cards import FeatureSpec, ModelCard, TargetSpec, TrafficSplit
+
+# Apps made in-process (TestClient runs their lifespan) start no gRPC server, and the servers the
+# e2e tests start inherit this: a test that wants gRPC gives it a free port of its own, so runs
+# side by side never share the default port (SO_REUSEPORT would let them, silently).
+os.environ["MODELPORT_GRPC_PORT"] = "0"
 
 FLOWER_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -126,6 +138,40 @@ def fit_pets_pipeline() -> Pipeline:
     return pipeline.fit(frame, y)
 
 
+def churn_frame(rows: int = 400) -> pd.DataFrame:
+    """The issue's churn table: integer tenure, float charges, two categories, a yes/no target."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "tenure_months": rng.integers(0, 73, size=rows),
+            "monthly_charges": rng.uniform(18.0, 120.0, size=rows).round(2),
+            "contract": rng.choice(["month-to-month", "one-year", "two-year"], size=rows),
+            "payment_method": rng.choice(["card", "bank", "check"], size=rows),
+        }
+    )
+    short = (frame["tenure_months"] < 12) & (frame["contract"] == "month-to-month")
+    frame["churned"] = np.where(short | (frame["monthly_charges"] > 110), "yes", "no")
+    return frame
+
+
+def fit_churn_pipeline(frame: pd.DataFrame) -> Pipeline:
+    """A HistGradientBoostingClassifier behind a ColumnTransformer, fitted on `frame`."""
+    encode = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    pipeline = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer(
+                    [("categories", encode, ["contract", "payment_method"])],
+                    remainder="passthrough",
+                ),
+            ),
+            ("clf", HistGradientBoostingClassifier(max_iter=20, random_state=0)),
+        ]
+    )
+    return pipeline.fit(frame.drop(columns="churned"), frame["churned"])
+
+
 def pets_features() -> list[FeatureSpec]:
     return [
         FeatureSpec(name="colour", dtype="category", categories=["black", "ginger", "white"]),
@@ -200,3 +246,53 @@ def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
     app.dependency_overrides.clear()
+
+
+# MLflow writes SQLite tracking stores through SQLAlchemy (and alembic).
+MLFLOW_SQLITE = all(importlib.util.find_spec(m) is not None for m in ("sqlalchemy", "alembic"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Real MLflow models, written once per session by mlflow-skinny itself in a subprocess
+    (tests/app/training/mlflow_writer.py says what): the folder and the run and model ids."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    repo = Path(__file__).resolve().parents[1]
+    pythonpath = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": pythonpath, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    writer = repo / "tests" / "app" / "training" / "mlflow_writer.py"
+    run = subprocess.run(
+        [sys.executable, str(writer), *(["sqlite"] if MLFLOW_SQLITE else [])],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    ids: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return {"folder": folder, **ids}
+
+
+class _CloudEventsReceiver(http.server.BaseHTTPRequestHandler):
+    received: list[tuple[str, Any]] = []
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.headers["Content-Type"], json.loads(body)))
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def cloudevents_sink() -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """A CloudEvents receiver on the loopback (stdlib http.server): its URL, and each POST's
+    (Content-Type, parsed body) as it arrives."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CloudEventsReceiver)
+    _CloudEventsReceiver.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/events", _CloudEventsReceiver.received
+    server.shutdown()
+    server.server_close()

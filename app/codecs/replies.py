@@ -29,7 +29,7 @@ COLUMNWISE_ROWS = 256
 
 
 @dataclass(frozen=True)
-class _Column:
+class Column:
     """One fragment per row: row i's is `text[starts[i] : starts[i] + lengths[i]]`."""
 
     text: bytes
@@ -58,14 +58,21 @@ def columnwise_json(
 
 
 def _items(model: LoadedModel, output: ModelOutput) -> bytes:
+    return item_lines(model, output, b",")[:-1]  # no comma after the last row
+
+
+def item_lines(model: LoadedModel, output: ModelOutput, end: bytes) -> bytes:
+    """Each row's prediction item (`{"label": ..., "probabilities": {...}}` or `{"value": ...}`,
+    as in the envelope), each followed by `end`: "," inside the envelope's list, "\n" for a
+    stream's lines."""
     rows = len(output)
     if rows == 0:
         return b""
-    columns: list[bytes | _Column]
+    columns: list[bytes | Column]
     if model.card.task == "regression":
-        columns = [b'{"value":', _values(output.predictions), b"},"]
+        columns = [b'{"value":', _values(output.predictions), b"}" + end]
     elif output.probabilities is None:
-        columns = [b'{"label":', _labels(output), b',"probabilities":null},']
+        columns = [b'{"label":', _labels(output), b',"probabilities":null}' + end]
     else:
         keys = [orjson.dumps(key) for key in model.class_keys]
         columns = [b'{"label":', _labels(output), b',"probabilities":{']
@@ -73,18 +80,18 @@ def _items(model: LoadedModel, output: ModelOutput) -> bytes:
             zip(keys, output.probabilities.T, strict=True)
         ):
             columns += [(b"," if index else b"") + key + b":", _values(probabilities)]
-        columns.append(b"}},")
-    return _lay_out(columns, rows)[:-1]  # no comma after the last row
+        columns.append(b"}}" + end)
+    return lay_out(columns, rows)
 
 
-def _values(column: np.ndarray[Any, Any]) -> _Column:
+def _values(column: np.ndarray[Any, Any]) -> Column:
     """Numbers (or booleans) as orjson writes each: none contains a comma, so the commas of
     the serialised list delimit the items."""
     text = _json_list(column)[1:-1]
     commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _COMMA)
     starts = np.concatenate(([0], commas + 1))
     ends = np.concatenate((commas, [len(text)]))
-    return _Column(text, starts, ends - starts)
+    return Column(text, starts, ends - starts)
 
 
 def _json_list(column: np.ndarray[Any, Any]) -> bytes:
@@ -99,7 +106,7 @@ def _json_list(column: np.ndarray[Any, Any]) -> bytes:
     return orjson.dumps(column.tolist())
 
 
-def _labels(output: ModelOutput) -> _Column:
+def _labels(output: ModelOutput) -> Column:
     predictions = output.predictions
     kind = predictions.dtype.kind
     if output.classes is not None and output.class_indices is not None:
@@ -117,10 +124,10 @@ def _labels(output: ModelOutput) -> _Column:
         codes = np.arange(len(texts))
     lengths = np.array([len(text) for text in texts], dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
-    return _Column(b"".join(texts), offsets[codes], lengths[codes])
+    return Column(b"".join(texts), offsets[codes], lengths[codes])
 
 
-def _lay_out(columns: list[bytes | _Column], rows: int) -> bytes:
+def lay_out(columns: list[bytes | Column], rows: int) -> bytes:
     """Row after row, each the columns' fragments in order, in one gather: the compiled one
     (app/native) where it was built, else numpy's."""
     texts: list[bytes] = []

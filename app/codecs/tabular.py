@@ -106,7 +106,7 @@ def _read_float_table(data: bytes, inputs: InputSchema) -> tuple[list[str], Matr
         None if hot_path is None else hot_path.read_float_rows(data, header_end + 1, len(names))
     )
     if matrix is None:
-        matrix = _read_float_lines(data[header_end + 1 :], len(names))
+        matrix = read_float_lines(data[header_end + 1 :], len(names))
     if matrix is None:
         return None
     if columns != names:
@@ -114,7 +114,7 @@ def _read_float_table(data: bytes, inputs: InputSchema) -> tuple[list[str], Matr
     return columns, matrix
 
 
-def _read_float_lines(lines: bytes, width: int) -> Matrix | None:
+def read_float_lines(lines: bytes, width: int) -> Matrix | None:
     """The data lines, which may hold only numbers, commas and whitespace, become one JSON
     array of rows (`1,2\n3,4` -> `[[1,2],[3,4]]`) for `number_rows`. JSON's number grammar is a
     subset of what the exact path's float parsing accepts, and both round correctly, so a file
@@ -215,7 +215,7 @@ def _read(lines: Iterator[str], inputs: InputSchema, limit: int) -> CsvTable:
     if not header:
         raise UnreadableFile("The file is empty: expected a header row naming the features")
     columns = [name.strip() for name in header]
-    _check_header(columns, inputs.feature_names, header_line)
+    check_header(columns, inputs.feature_names, header_line)
     cells: list[list[str]] = []
     numbers: list[int] = []
     for number, row in rows:
@@ -257,25 +257,29 @@ def _numbered_rows(lines: Iterator[str]) -> Iterator[tuple[int, list[str]]]:
             yield start, row
 
 
-def _check_header(columns: list[str], features: list[str], line: int) -> None:
+def check_header(columns: list[str], features: list[str], line: int, *, loc: str = "file") -> None:
+    """The header must name each feature once: InvalidInput naming what is duplicated, missing
+    or unknown, at `[loc, "header"]`."""
     errors: list[dict[str, Any]] = []
     duplicates = sorted({name for name in columns if columns.count(name) > 1})
     missing = [name for name in features if name not in columns]
     unknown = [name for name in dict.fromkeys(columns) if name not in features]
     if duplicates:
-        errors.append(_header_error(line, "Duplicate columns", duplicates, "duplicate_columns"))
+        errors.append(
+            _header_error(line, "Duplicate columns", duplicates, "duplicate_columns", loc)
+        )
     if missing:
-        errors.append(_header_error(line, "Missing columns", missing, "missing_columns"))
+        errors.append(_header_error(line, "Missing columns", missing, "missing_columns", loc))
     if unknown:
-        errors.append(_header_error(line, "Unknown columns", unknown, "unknown_columns"))
+        errors.append(_header_error(line, "Unknown columns", unknown, "unknown_columns", loc))
     if errors:
         raise InvalidInput(errors)
 
 
-def _header_error(line: int, problem: str, names: list[str], kind: str) -> dict[str, Any]:
+def _header_error(line: int, problem: str, names: list[str], kind: str, loc: str) -> dict[str, Any]:
     listed = ", ".join(repr(name) if name else "(an unnamed column)" for name in names)
     return {
-        "loc": ["file", "header"],
+        "loc": [loc, "header"],
         "msg": f"Line {line}: {problem}: {listed}. The header must name each feature once.",
         "type": kind,
     }
@@ -290,7 +294,7 @@ _NOT_INT_TEXT = str.maketrans("", "", "0123456789+-")
 _MINUS_ZERO = re.compile(rb"-0(?![0-9.eE])")
 
 
-def _numeric_matrix(
+def numeric_matrix(
     columns: list[str], cells: list[list[str]], inputs: InputSchema
 ) -> Matrix | None:
     """All rows of an all-numeric model's CSV as one checked float64 matrix in feature order, or
@@ -317,7 +321,7 @@ def _validate(
     columns: list[str], cells: list[list[str]], numbers: list[int], inputs: InputSchema
 ) -> Rows:
     """Validate all rows in one batch, then report errors at physical line numbers."""
-    matrix = _numeric_matrix(columns, cells, inputs)
+    matrix = numeric_matrix(columns, cells, inputs)
     if matrix is not None:
         return matrix
     return _validate_exactly(columns, cells, numbers, inputs)

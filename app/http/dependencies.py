@@ -17,6 +17,7 @@ from app.errors import MalformedBody, Unauthorized, UnsupportedMediaType
 from app.serving.dataplane import DataPlane
 from app.serving.model import LoadedModel
 from app.serving.registry import ModelRegistry
+from app.serving.repository import authorize_write
 from app.serving.traffic import Routed
 
 ModelName = Annotated[
@@ -166,3 +167,14 @@ async def require_api_key(
 
 
 ApiKeyGuard = Depends(require_api_key)
+
+
+async def require_repository_writes(
+    settings: SettingsDep, offered: Annotated[str | None, Security(_API_KEY_HEADER)] = None
+) -> None:
+    """Repository writes' guard (load, unload): the API key when one is set, and writes turned
+    on (app.serving.repository.authorize_write, which the gRPC service calls too)."""
+    authorize_write(settings, offered)
+
+
+RepositoryWriteGuard = Depends(require_repository_writes)

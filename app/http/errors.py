@@ -24,6 +24,9 @@ from app.errors import DeadlineExceeded, InvalidInput, ServiceError, clean_error
 
 logger = logging.getLogger("modelport")
 
+# Where a service error's handler leaves its kind in the request's scope, for the server span.
+ERROR_KIND = "modelport.error_kind"
+
 # (status, kind, detail) -> the reply. `kind` is the error's class name (or the HTTP phrase);
 # `detail` a message or pydantic's list of issues.
 Envelope = Callable[[int, str, Any], JSONResponse]
@@ -59,6 +62,7 @@ async def _service_error_handler(request: Request, exc: Exception) -> JSONRespon
             exc.detail,
             exc_info=exc.__cause__,
         )
+    request.scope[ERROR_KIND] = exc.kind
     response = envelope_of(request.scope)(exc.status_code, exc.kind, exc.detail)
     response.headers.update(exc.headers)
     return response

@@ -2,7 +2,9 @@
 
 Tabular models get a field per feature posting to `/predict/form`; image models get a file
 picker posting to `/predict/file`. The page posts with fetch and shows the answer (or the error
-envelope's detail) in place; without JavaScript the browser shows the JSON reply.
+envelope's detail) in place; without JavaScript the browser shows the JSON reply. For tabular
+models it then asks the version that answered to explain the row, and draws the largest
+contributions as a bar chart in inline SVG (built by the page's own script, nothing fetched).
 """
 
 from html import escape
@@ -21,6 +23,7 @@ input,select{font:inherit;padding:.35rem .5rem;border:1px solid #cbd2d9;border-r
 button{grid-column:1/-1;justify-self:start;font:inherit;padding:.5rem 1.4rem;border:0;border-radius:4px;background:#2563eb;color:#fff;cursor:pointer}
 #result{margin-top:1.5rem;padding:1rem;border-radius:6px;background:#f5f7fa;display:none}
 #result.error{background:#fdecea} table{border-collapse:collapse} td{padding:.15rem .8rem .15rem 0}
+#why p{margin:.8rem 0 .2rem} #why svg text{font:12px system-ui,sans-serif;fill:#1f2933}
 """
 
 _SCRIPT = """
@@ -52,10 +55,41 @@ form.addEventListener("submit", async (event) => {
       for (const r of ranked) table.appendChild(row([r.label, (100 * r.probability).toFixed(1) + " %"]));
       out.appendChild(table);
     }
+    if (form.dataset.explain) await explain(body.model_version);
   } catch (error) {
     out.className = "error"; out.textContent = "Request failed: " + error;
   }
 });
+const holder = document.createElement("div"); holder.innerHTML = "<svg></svg>";
+const SVG = holder.firstChild.namespaceURI;  // the parser's own SVG namespace
+function svg(tag, attrs, text){const e=document.createElementNS(SVG,tag);for(const k in attrs)e.setAttribute(k,attrs[k]);if(text!==undefined)e.textContent=text;return e;}
+async function explain(version) {
+  const row = {};
+  for (const field of form.querySelectorAll("[data-feature]")) row[field.name] = field.type === "number" ? Number(field.value) : field.value;
+  const url = form.dataset.explain.replace("{version}", encodeURIComponent(version));
+  const reply = await fetch(url, {method: "POST", body: JSON.stringify({instances: [row]}), headers: {"Content-Type": "application/json", Accept: "application/json"}});
+  if (!reply.ok) return;
+  const body = await reply.json();
+  const item = body.explanations[0];
+  const top = Object.entries(item.contributions).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1])).slice(0, 8);
+  const box = document.createElement("div"); box.id = "why";
+  const what = body.output === "value" ? "value" : body.output + " of " + item["class"];
+  const note = document.createElement("p");
+  note.textContent = "Why: contributions to the " + what + " (base " + item.base_value.toPrecision(3) + " → " + item.output_value.toPrecision(3) + ")";
+  box.appendChild(note);
+  const width = 520, label = 150, bar = 18, mid = label + (width - label - 60) / 2, half = (width - label - 60) / 2;
+  const largest = Math.max(...top.map(([, v]) => Math.abs(v)), 1e-12);
+  const chart = svg("svg", {width: width, height: top.length * (bar + 6) + 4, role: "img", "aria-label": "Feature contributions"});
+  chart.appendChild(svg("line", {x1: mid, x2: mid, y1: 0, y2: top.length * (bar + 6) + 4, stroke: "#9aa5b1"}));
+  top.forEach(([name, value], i) => {
+    const y = 2 + i * (bar + 6), length = half * Math.abs(value) / largest;
+    chart.appendChild(svg("text", {x: 0, y: y + 13}, name));
+    chart.appendChild(svg("rect", {class: "bar", x: value < 0 ? mid - length : mid, y: y, width: Math.max(length, 1), height: bar, fill: value < 0 ? "#d64545" : "#2563eb"}));
+    chart.appendChild(svg("text", {x: value < 0 ? mid + 4 : mid - 4, y: y + 13, "text-anchor": value < 0 ? "start" : "end"}, (value > 0 ? "+" : "") + value.toPrecision(3)));
+  });
+  box.appendChild(chart);
+  out.appendChild(box);
+}
 """
 
 
@@ -70,7 +104,9 @@ def _field(feature: FeatureSpec, example: object) -> str:
             f"<option{' selected' if value == example else ''}>{escape(value)}</option>"
             for value in feature.categories
         )
-        return f'{label}<select id="f-{name}" name="{name}" required>{options}</select>'
+        return (
+            f'{label}<select id="f-{name}" name="{name}" data-feature required>{options}</select>'
+        )
     bounds = "".join(
         f' {attr}="{value:g}"'
         for attr, value in (("min", feature.minimum), ("max", feature.maximum))
@@ -78,7 +114,7 @@ def _field(feature: FeatureSpec, example: object) -> str:
     )
     step = "1" if feature.dtype == "int" else "any"
     value = escape(str(example))
-    return f'{label}<input id="f-{name}" name="{name}" type="number" step="{step}"{bounds} value="{value}" required>'
+    return f'{label}<input id="f-{name}" name="{name}" type="number" step="{step}"{bounds} value="{value}" data-feature required>'
 
 
 def _option_fields(model: LoadedModel) -> str:
@@ -100,6 +136,7 @@ def _option_fields(model: LoadedModel) -> str:
 def render_form_page(model: LoadedModel) -> str:
     card = model.card
     title = f"{card.name} v{card.version}"
+    explain = ""
     if card.input_kind == "image":
         action = paths.PREDICT_FILE.format(model_name=quote(card.name))
         fields = (
@@ -108,6 +145,9 @@ def render_form_page(model: LoadedModel) -> str:
         )
     else:
         action = paths.PREDICT_FORM.format(model_name=quote(card.name))
+        # The version that answers the form explains its answer ("{version}" filled in then).
+        explain_url = paths.VERSION_EXPLAIN.replace("{model_name}", quote(card.name))
+        explain = f' data-explain="{escape(explain_url)}"'
         example = model.inputs.example["instances"][0]
         fields = "".join(
             _field(feature, example[feature.name]) for feature in card.features
@@ -117,7 +157,7 @@ def render_form_page(model: LoadedModel) -> str:
 <title>{escape(title)} · modelport</title><style>{_STYLE}</style></head>
 <body>
 <h1>{escape(title)}</h1><p class="lead">{escape(card.description)}</p>
-<form id="predict" method="post" action="{escape(action)}" enctype="multipart/form-data">
+<form id="predict" method="post" action="{escape(action)}" enctype="multipart/form-data"{explain}>
 {fields}
 <button type="submit">Predict</button>
 </form>

@@ -13,7 +13,11 @@ from fastapi.openapi.utils import get_openapi
 
 from app.codecs.v2.metadata import v2_datatypes, v2_example, v2_layout, v2_outputs
 from app.codecs.v2.protocol import HEADER_LENGTH, HEADER_LENGTH_DIGITS
+from app.config import Settings
 from app.http import paths
+from app.http.openapi_describe import describe_model
+from app.http.openapi_explain import explain_operation
+from app.http.openapi_stream import fill_stream_operation
 from app.serving.model import LoadedModel
 from app.serving.registry import ModelRegistry
 from schemas.forms import FormOptions
@@ -25,8 +29,12 @@ TEMPLATED_PATHS = (
     paths.VERSION_PREDICT,
     paths.PREDICT_FILE,
     paths.PREDICT_FORM,
+    paths.PREDICT_STREAM,
+    paths.VERSION_PREDICT_STREAM,
     paths.INFER,
     paths.VERSION_INFER,
+    paths.EXPLAIN,
+    paths.VERSION_EXPLAIN,
 )
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -39,7 +47,7 @@ TAGS = [
     },
     {
         "name": "predict",
-        "description": "The HTML form page of any model. Prediction is typed per model: each model's operations (JSON rows, a pinned version, an uploaded file, form fields, the Open Inference Protocol) are listed under its own tag below.",
+        "description": "The HTML form page of any model. Prediction is typed per model: each model's operations (JSON rows, a pinned version, an uploaded file, form fields, the Open Inference Protocol, explanations) are listed under its own tag below.",
     },
 ]
 
@@ -93,15 +101,17 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
         default = entry.versions[entry.default_version]
         tag = f"model: {entry.name}"
         document["tags"].append({"name": tag, "description": default.card.description})
-        typed = _TypedOperations(templates, tag, schemas)
+        typed = _TypedOperations(templates, tag, schemas, app.state.settings)
         concrete = {path: path.replace("{model_name}", entry.name) for path in templates}
         operations: dict[str, dict[str, Any]] = {
             paths.PREDICT: typed.predict(default, pinned=False),
             paths.PREDICT_FILE: typed.file(default),
             paths.INFER: typed.infer(default, pinned=False),
+            paths.EXPLAIN: typed.explain(default, pinned=False),
         }
         if default.card.input_kind == "tabular":
             operations[paths.PREDICT_FORM] = typed.form(default)
+            operations[paths.PREDICT_STREAM] = typed.stream(default, pinned=False)
         for template, operation in operations.items():
             if operation:
                 documented[concrete[template]] = {"post": operation}
@@ -109,7 +119,10 @@ def build_openapi(app: FastAPI, registry: ModelRegistry) -> dict[str, Any]:
             pinned = {
                 paths.VERSION_PREDICT: typed.predict(model, pinned=True),
                 paths.VERSION_INFER: typed.infer(model, pinned=True),
+                paths.VERSION_EXPLAIN: typed.explain(model, pinned=True),
             }
+            if model.card.input_kind == "tabular":
+                pinned[paths.VERSION_PREDICT_STREAM] = typed.stream(model, pinned=True)
             for template, operation in pinned.items():
                 if operation:
                     path = concrete[template].replace("{version}", str(version))
@@ -141,11 +154,16 @@ class _TypedOperations:
     """Builds a model's typed operations from the templated routes' operations."""
 
     def __init__(
-        self, templates: dict[str, dict[str, Any]], tag: str, schemas: dict[str, Any]
+        self,
+        templates: dict[str, dict[str, Any]],
+        tag: str,
+        schemas: dict[str, Any],
+        settings: Settings,
     ) -> None:
         self.templates = templates
         self.tag = tag
         self.schemas = schemas
+        self.settings = settings
 
     def _from(self, template: str, operation_id: str, summary: str) -> dict[str, Any]:
         """A copy of the template's operation without its model-name and version parameters
@@ -190,7 +208,7 @@ class _TypedOperations:
         )
         if not operation:
             return operation
-        operation["description"] = _describe(model, pinned=pinned)
+        operation["description"] = describe_model(model, pinned=pinned)
         request_schema = model.inputs.json_schema(ref_template="#/components/schemas/{model}")
         self.schemas.update(request_schema.pop("$defs", {}))
         request_name = f"{model.inputs.prefix}PredictionRequest"
@@ -208,6 +226,22 @@ class _TypedOperations:
             success = operation["responses"]["200"]["content"]["application/json"]
             success["example"] = model.example_response
         return operation
+
+    def stream(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """A streamed CSV or NDJSON body, answered row by row as it arrives."""
+        templates = (paths.PREDICT_STREAM, paths.VERSION_PREDICT_STREAM)
+        operation = self._versioned(model, pinned=pinned, templates=templates, verb="stream")
+        return fill_stream_operation(operation, model) if operation else operation
+
+    def explain(self, model: LoadedModel, *, pinned: bool) -> dict[str, Any]:
+        """Explanations: the same rows as predict, each feature's contribution back."""
+        operation = self._versioned(
+            model, pinned=pinned, templates=(paths.EXPLAIN, paths.VERSION_EXPLAIN), verb="explain"
+        )
+        if not operation:
+            return operation
+        limit = self.settings.explain_max_rows
+        return explain_operation(operation, model, self.schemas, max_rows=limit)
 
     def file(self, model: LoadedModel) -> dict[str, Any]:
         """An uploaded CSV (tabular models) or PNG/JPEG (image models)."""
@@ -339,29 +373,3 @@ class _TypedOperations:
             part for part in (model.card.description, layout) if part
         )
         return operation
-
-
-def _describe(model: LoadedModel, *, pinned: bool) -> str:
-    card = model.card
-    which = "Version" if pinned else "Default version"
-    lines = [
-        f"{card.description}",
-        "",
-        f"{which}: **{card.version}** ({card.task}). Send rows as objects keyed by feature"
-        " name, or as arrays in this order:",
-        "",
-        "| feature | type | allowed | description |",
-        "|---|---|---|---|",
-    ]
-    for feature in card.features:
-        if feature.categories:
-            allowed = ", ".join(feature.categories)
-        else:
-            low = "" if feature.minimum is None else f"≥ {feature.minimum:g}"
-            high = "" if feature.maximum is None else f"≤ {feature.maximum:g}"
-            allowed = " ".join(part for part in (low, high) if part) or "any finite number"
-        lines.append(f"| `{feature.name}` | {feature.dtype} | {allowed} | {feature.description} |")
-    if card.metrics:
-        metrics = ", ".join(f"{key} {value:g}" for key, value in card.metrics.items())
-        lines += ["", f"Held-out metrics: {metrics}."]
-    return "\n".join(lines)

@@ -11,21 +11,13 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-
-def _message(kind: str, detail: Any) -> str:
-    if isinstance(detail, list):  # pydantic's issues, as one line each: "loc: msg"
-        return "; ".join(
-            f"{'.'.join(map(str, issue.get('loc', [])))}: {issue.get('msg', '')}"
-            for issue in detail
-            if isinstance(issue, dict)
-        )
-    return str(detail) if detail else kind
+from app.errors import one_line
 
 
 def oip_envelope(status_code: int, kind: str, detail: Any) -> JSONResponse:
     # The protocol answers every bad request with 400, validation included.
     status_code = 400 if status_code == 422 else status_code
-    return JSONResponse(status_code=status_code, content={"error": _message(kind, detail)})
+    return JSONResponse(status_code=status_code, content={"error": one_line(kind, detail)})
 
 
 class OipRoute(APIRoute):

@@ -9,7 +9,9 @@ garbage collector never walks (and so never writes to) those shared pages.
 
 Signals: HUP makes the master reload the store itself (`on_reload`) and then fork fresh workers
 from it, retiring the old ones gracefully; TERM drains in-flight requests for up to
-`graceful_timeout`.
+`graceful_timeout`. The repository API's loads and unloads go the same way: a worker records
+the request and sends HUP, and the master rescans just the models asked for
+(app.serving.master_repository).
 """
 
 import gc
@@ -18,15 +20,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.formparsers import MultiPartParser
 
 from app import native
-from app.config import get_settings, pid_file_of
+from app.config import MASTER_PID_ENV, get_settings, pid_file_of, repository_state_file_of
 from app.server.allocator import MALLOC_VARIABLES
 
+if TYPE_CHECKING:
+    from app.serving.repository_state import StateFile
+
 _settings = get_settings()
+# The workers' repository API signals this process (app.main picks the master's repository).
+os.environ[MASTER_PID_ENV] = str(os.getpid())
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
@@ -69,17 +76,40 @@ if not os.environ.get(_METRICS_READY):
         os.environ[_METRICS_READY] = "own"
 
 
-def _load_store(server: Any) -> None:
+def _repository_state() -> "StateFile":
+    # Imported here, not at the top: the data plane imports the metrics, which must see
+    # PROMETHEUS_MULTIPROC_DIR (set above) when first imported.
+    from app.serving.repository_state import StateFile
+
+    return StateFile(repository_state_file_of(_settings))
+
+
+def _load_store(server: Any, *, reload: bool) -> None:
     """Load (or reload) the store in the master, then freeze what was loaded for sharing."""
     from threadpoolctl import threadpool_limits
 
+    from app.serving.master_repository import apply_in_master
+
     registry = server.app.wsgi().state.registry
-    gc.unfreeze()  # a reload: let the previous store's objects be collected
     # One native thread while loading: a model's self-check at load may run OpenMP or BLAS code,
     # and whether a thread pool started before fork survives into the children differs between
     # runtimes (GNU libgomp's historically did not). Workers keep their own defaults.
     with threadpool_limits(limits=1):
-        registry.load()
+        if reload:  # the models the repository API asked for, else the whole store
+            apply_in_master(
+                registry,
+                _repository_state(),
+                retiring=list(server.WORKERS),
+                thaw=gc.unfreeze,  # let the previous objects be collected
+                settle=_freeze,
+            )
+        else:  # a fresh start: nothing unloaded, nothing pending
+            _repository_state().reset()
+            registry.load()
+            _freeze()
+
+
+def _freeze() -> None:
     gc.collect()
     gc.freeze()
 
@@ -94,12 +124,12 @@ def when_ready(server: Any) -> None:
         malloc or "glibc defaults",
         native.LIBRARY if native.HOT_PATH else "not built (Python paths; see app/native)",
     )
-    _load_store(server)
+    _load_store(server, reload=False)
 
 
 def on_reload(server: Any) -> None:
     logging.getLogger("modelport").info("reloading the model store in the master")
-    _load_store(server)
+    _load_store(server, reload=True)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -119,5 +149,6 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def on_exit(server: Any) -> None:
+    _repository_state().remove()
     if os.environ.get(_METRICS_READY) == "own":  # one we made: nobody else will read it
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,7 +1,23 @@
 """Admission control's arithmetic: how fast a version's estimator drains its queue, the wait a
 newcomer would have, and the refusal that says when to come back.
 
-Each micro-batcher (app.serving.batching) measures its own drain rate: rows answered per second
+What the micro-batcher (app.serving.batching) does with it under overload, per
+docs/api.md, "Deadlines and overload":
+
+- admission: a request is refused at once (`Overloaded`, 429) when the queue holds
+  `max_queue_rows` rows, or when its predicted completion would outlast its deadline: the wait
+  for the queue ahead at the measured drain rate (below), plus the time its
+  reply will wait for the event loop (as long, smoothed, as requests now wait for it before
+  their route runs) — first before its body is read (`admit(0, ...)`), then with its rows;
+- deadlines: rows still queued when their request's deadline passes are taken out, never reach
+  the estimator, and the request is answered `DeadlineExceeded` (504) then; a request whose rows
+  are in the running call is answered 504 at its deadline while the call finishes for the
+  others. One timer per batcher does this, armed for the soonest deadline waiting (not one per
+  request), and is dropped whenever the batcher goes idle;
+- disconnects: when a batch is formed, a waiting request whose `gone()` says its client left is
+  dropped (`ClientGone`) instead of predicted.
+
+Each micro-batcher measures its own drain rate: rows answered per second
 of estimator call, smoothed over recent calls (an exponentially weighted average of rows and of
 seconds). Under load the batches are large and the rate is the one that empties the queue; when
 idle the batches are small and the rate low, so a sudden burst is predicted slower than it will

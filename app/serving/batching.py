@@ -14,20 +14,8 @@ version, in each worker, has one `MicroBatcher`:
   and each request's share of the output is checked on its own (a non-finite answer fails only
   the request whose row caused it); an estimator error fails only the requests of that batch.
 
-Overload (docs/api.md, "Deadlines and overload"):
-
-- admission: a request is refused at once (`Overloaded`, 429) when the queue holds
-  `max_queue_rows` rows, or when its predicted completion would outlast its deadline: the wait
-  for the queue ahead at the measured drain rate (app.serving.admission), plus the time its
-  reply will wait for the event loop (as long, smoothed, as requests now wait for it before
-  their route runs) — first before its body is read (`admit(0, ...)`), then with its rows;
-- deadlines: rows still queued when their request's deadline passes are taken out, never reach
-  the estimator, and the request is answered `DeadlineExceeded` (504) then; a request whose rows
-  are in the running call is answered 504 at its deadline while the call finishes for the
-  others. One timer per batcher does this, armed for the soonest deadline waiting (not one per
-  request), and is dropped whenever the batcher goes idle;
-- disconnects: when a batch is formed, a waiting request whose `gone()` says its client left is
-  dropped (`ClientGone`) instead of predicted.
+Under overload the batcher also refuses requests it cannot serve in time, expires deadlines and
+drops disconnected clients' rows: app.serving.admission says how.
 
 Pure asyncio (no FastAPI). Attached from outside: `batching_hook(policy)` is one of the
 registry's load hooks, and sets each loaded version's `runner`, which the data plane calls.
@@ -44,15 +32,22 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
 
-import numpy as np
-
 from app.errors import ClientGone, DeadlineExceeded, Overloaded
-from app.metrics import TURN_METRICS
+from app.metrics import SHARED_BATCHES, TURN_METRICS
 from app.serving.admission import Throughput, deadline_unreachable, queue_full
 from app.serving.deadline import Deadline
-from app.serving.model import LoadedModel, ModelOutput, call_estimator, check_output, run
+from app.serving.model import (
+    LoadedModel,
+    ModelOutput,
+    Transport,
+    call_estimator,
+    check_output,
+    concatenate_rows,
+    run,
+)
 from app.serving.offload import bounded, in_thread
-from app.serving.schema import Row, Rows
+from app.serving.schema import Rows
+from app.tracing import TRACING, CallTiming, mark_calls
 
 # An idle batcher serving the worker's only request in flight runs the call on the event loop,
 # with no thread hop, when calls of this size have been measured below INLINE_CALL_SECONDS
@@ -78,7 +73,7 @@ class BatchPolicy:
 class _Waiting:
     """One request whose rows are queued or in the running call."""
 
-    __slots__ = ("counted", "deadline", "gone", "reply", "rows", "since")
+    __slots__ = ("counted", "deadline", "gone", "reply", "rows", "since", "timing", "transport")
 
     def __init__(
         self,
@@ -86,11 +81,15 @@ class _Waiting:
         reply: asyncio.Future[ModelOutput],
         deadline: Deadline | None,
         gone: Callable[[], bool] | None,
+        transport: Transport,
+        timing: CallTiming | None,
     ) -> None:
         self.rows = rows
         self.reply = reply
         self.deadline = deadline
         self.gone = gone
+        self.transport = transport
+        self.timing = timing  # traced requests: when their batch's call ran
         self.since = time.monotonic()
         self.counted = False  # its rows count in `queued_rows`
 
@@ -109,6 +108,7 @@ class MicroBatcher:
         self._running: list[_Waiting] = []  # the requests whose rows the running call holds
         self._call_rows = 0
         self._call_started = 0.0
+        self._call_started_ns = 0  # when tracing is on: the running call's start, for its spans
         self.drain = Throughput()
         # Smoothed seconds from a request's arrival (its deadline's start: the head parsed, under
         # `modelport serve`) to its route first asking for admission: the event loop's own
@@ -162,15 +162,22 @@ class MicroBatcher:
         alone: bool = False,
         deadline: Deadline | None = None,
         gone: Callable[[], bool] | None = None,
+        transport: Transport = "http",
+        timing: CallTiming | None = None,
+        refusable: bool = True,
     ) -> ModelOutput:
         """This request's checked output. `alone`: no other request is in flight in this
         worker, so a call measured cheap may run on the event loop without holding anyone up.
-        `deadline`: answer `DeadlineExceeded` once it passes; `gone()`: the client has left."""
+        `deadline`: answer `DeadlineExceeded` once it passes; `gone()`: the client has left.
+        `transport`: the protocol the request came by (counted when batches mix them).
+        `timing` (traced requests) learns when the call ran if it ran in a thread.
+        `refusable=False`: never refused (a stream's pieces, which would fail the whole stream)."""
         if not self.policy.enabled:  # no queue here: the executor's is the only one
             return await bounded(in_thread(run, self.model, rows), deadline)
         if self._busy:
-            self.admit(len(rows), deadline)
-            return await self._queued(rows, deadline, gone)
+            if refusable:
+                self.admit(len(rows), deadline)
+            return await self._queued(rows, deadline, gone, transport, timing)
         # Idle: this request runs at once, alone; whatever queues meanwhile is taken after.
         self._busy = True
         TURN_METRICS.observe(self.model.queue_metrics.wait, 0.0)
@@ -183,14 +190,22 @@ class MicroBatcher:
                 self.drain.record(len(rows), time.monotonic() - started)
                 self._next_batch()
             return check_output(self.model, output)
-        waiting = _Waiting(rows, asyncio.get_running_loop().create_future(), deadline, gone)
-        self._start([waiting], self._timed_call)
+        reply = asyncio.get_running_loop().create_future()
+        waiting = _Waiting(rows, reply, deadline, gone, transport, timing)
+        # Traced, it went straight to the estimator: no time in the queue.
+        self._start([waiting], self._timed_call, timing.entered if timing is not None else 0)
         return await waiting.reply
 
     async def _queued(
-        self, rows: Rows, deadline: Deadline | None, gone: Callable[[], bool] | None
+        self,
+        rows: Rows,
+        deadline: Deadline | None,
+        gone: Callable[[], bool] | None,
+        transport: Transport,
+        timing: CallTiming | None,
     ) -> ModelOutput:
-        waiting = _Waiting(rows, asyncio.get_running_loop().create_future(), deadline, gone)
+        reply = asyncio.get_running_loop().create_future()
+        waiting = _Waiting(rows, reply, deadline, gone, transport, timing)
         self._queue.append(waiting)
         waiting.counted = True
         self.queued_rows += len(rows)
@@ -218,11 +233,20 @@ class MicroBatcher:
         return output
 
     # -- the calls -----------------------------------------------------------------------------
-    def _start(self, batch: list[_Waiting], call: Callable[[Rows], ModelOutput]) -> None:
+    def _start(
+        self, batch: list[_Waiting], call: Callable[[Rows], ModelOutput], started_ns: int = 0
+    ) -> None:
         """One estimator call for `batch` in a thread; `_finished` answers it and goes on. The
         requests await their own replies, not the call: one whose deadline passes is answered
-        then, while the call runs on for the others."""
-        rows = _concatenate([waiting.rows for waiting in batch])
+        then, while the call runs on for the others. `started_ns` (traced): when the call counts
+        as begun for its spans, by default now."""
+        rows = concatenate_rows([waiting.rows for waiting in batch])
+        if len(batch) > 1:
+            protocols = "+".join(sorted({waiting.transport for waiting in batch}))
+            TURN_METRICS.inc(
+                SHARED_BATCHES.labels(self.model.name, str(self.model.version), protocols)
+            )
+        self._call_started_ns = (started_ns or time.time_ns()) if TRACING.on else 0
         self._running = batch
         self._call_rows = len(rows)
         self._call_started = time.monotonic()
@@ -234,6 +258,10 @@ class MicroBatcher:
 
     def _finished(self, batch: list[_Waiting], future: asyncio.Future[ModelOutput]) -> None:
         self.drain.record(self._call_rows, time.monotonic() - self._call_started)
+        if self._call_started_ns:
+            mark_calls(
+                [(waiting.timing, len(waiting.rows)) for waiting in batch], self._call_started_ns
+            )
         self._running = []
         self._call_rows = 0
         if future.cancelled():  # the loop is closing: nobody is left to answer
@@ -351,20 +379,6 @@ class MicroBatcher:
         return DeadlineExceeded(
             f"{self._where}: the request's deadline passed after {waited:.3f} s, {where}"
         )
-
-
-def _concatenate(parts: list[Rows]) -> Rows:
-    """Several requests' rows as one: a matrix when any part is one (only all-numeric models
-    produce matrices, so every part converts), else one list of tuples."""
-    if len(parts) == 1:
-        return parts[0]
-    if any(isinstance(part, np.ndarray) for part in parts):
-        return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])
-    rows: list[Row] = []
-    for part in parts:
-        assert isinstance(part, list)
-        rows.extend(part)
-    return rows
 
 
 def batching_hook(policy: BatchPolicy) -> Callable[[LoadedModel], None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
@@ -22,7 +22,8 @@ from app.metrics import BATCH_SIZE, PREDICTED_ROWS, PREDICTIONS, TURN_METRICS
 from app.serving.admission import QueueMetrics
 from app.serving.backends import Evaluator
 from app.serving.deadline import Deadline
-from app.serving.schema import InputSchema, Rows
+from app.serving.schema import InputSchema, Row, Rows
+from app.tracing import CallTiming
 from schemas.cards import ModelCard
 from schemas.predict import PredictionResponse
 
@@ -53,6 +54,10 @@ class Backend:
 SKLEARN = Backend("sklearn", reason="not chosen at load")
 
 
+# The protocol a request came by: batches may mix them, and the metrics say when they do.
+Transport = Literal["http", "grpc"]
+
+
 class Runner(Protocol):
     """How a version's rows reach its estimator in this process: alone, or in micro-batches
     with other requests' rows (app.serving.batching). Answers each request's checked output,
@@ -67,6 +72,9 @@ class Runner(Protocol):
         alone: bool = False,
         deadline: Deadline | None = None,
         gone: Callable[[], bool] | None = None,
+        transport: Transport = "http",
+        timing: CallTiming | None = None,
+        refusable: bool = True,
     ) -> ModelOutput: ...
 
     def admit(self, rows: int, deadline: Deadline | None) -> None: ...
@@ -85,6 +93,9 @@ class LoadedModel:
     example_response: dict[str, Any] | None = field(default=None, repr=False)
     runner: Runner | None = field(default=None, repr=False)
     backend: Backend = field(default=SKLEARN, repr=False)
+    # Served despite a scikit-learn version mismatch (MODELPORT_VERSION_MISMATCH=warn): why.
+    version_mismatch: str | None = field(default=None, repr=False)
+    load_warnings: tuple[str, ...] = field(default=(), repr=False)  # raised while loading
 
     @property
     def name(self) -> str:
@@ -260,3 +271,17 @@ def predict(model: LoadedModel, rows: Rows, *, observe: bool = True) -> Predicti
     """Predictions for validated rows, in the friendly API's shape (no batching: for callers
     outside the event loop, such as the registry's self-check and tests)."""
     return prediction_response(model, run(model, rows, observe=observe))
+
+
+def concatenate_rows(parts: list[Rows]) -> Rows:
+    """Several requests' rows as one: a matrix when any part is one (only all-numeric models
+    produce matrices, so every part converts), else one list of tuples."""
+    if len(parts) == 1:
+        return parts[0]
+    if any(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate([np.asarray(part, dtype=np.float64) for part in parts])
+    rows: list[Row] = []
+    for part in parts:
+        assert isinstance(part, list)
+        rows.extend(part)
+    return rows

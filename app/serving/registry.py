@@ -1,221 +1,42 @@
 """The registry: every version in the store loaded, checked and ready to serve.
 
 A version whose card or artifact is missing, invalid, or does not match is refused: it is
-listed as unavailable (and `/readyz` says so) while every other model keeps serving.
+listed as unavailable (and `/readyz` says so) while every other model keeps serving. Scanning
+the store is app.serving.store_scan's (its names are re-exported here for the registry's
+callers).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from app.errors import InferenceError, InvalidInput, ModelNotFound, ModelUnavailable
-from app.metrics import MODEL_LOAD_SECONDS, MODEL_LOADED
-from app.serving.model import LoadedModel, predict
-from app.serving.schema import InputSchema
-from app.store.artifacts import (
-    TRAFFIC_FILE,
-    ArtifactRefused,
-    check_against_card,
-    load_estimator,
-    read_card,
-    sha256_of,
+from app.errors import ModelNotFound, ModelUnavailable
+from app.serving.model import LoadedModel
+from app.serving.store_scan import (
+    LoadHook,
+    ModelEntry,
+    StoreSnapshot,
+    load_version,
+    merged,
+    scan_model,
+    scan_store,
+    without,
 )
-from schemas.cards import MODEL_NAME_PATTERN, TrafficSplit
+from app.store.versions import VersionPolicy
+
+__all__ = [
+    "LoadHook",
+    "ModelEntry",
+    "ModelRegistry",
+    "StoreSnapshot",
+    "load_version",
+    "scan_store",
+]
 
 logger = logging.getLogger("modelport.registry")
-
-# Called with each version as it loads, before it can serve (e.g. to attach its batcher).
-LoadHook = Callable[[LoadedModel], None]
-
-
-def load_version(
-    version_dir: Path,
-    *,
-    name: str,
-    version: int,
-    max_rows: int,
-    trusted_types: list[str],
-) -> LoadedModel:
-    card = read_card(version_dir)
-    if card.name != name or card.version != version:
-        raise ArtifactRefused(
-            f"card says {card.name} v{card.version}, but it sits in {name}/{version}"
-        )
-    artifact = version_dir / card.artifact
-    if not artifact.is_file():
-        raise ArtifactRefused(f"no {card.artifact}")
-    actual = sha256_of(artifact)
-    if actual != card.sha256:
-        raise ArtifactRefused(
-            f"SHA-256 mismatch: card records {card.sha256[:12]}…, {card.artifact} is {actual[:12]}…"
-        )
-    try:
-        estimator = load_estimator(artifact, trusted_types=trusted_types)
-    except ArtifactRefused:
-        raise
-    except Exception as exc:
-        raise ArtifactRefused(f"cannot load {card.artifact}: {type(exc).__name__}: {exc}") from exc
-    check_against_card(estimator, card)
-    fitted_names = getattr(estimator, "feature_names_in_", None)
-    frame_columns = None if fitted_names is None else [str(name) for name in fitted_names]
-    inputs = InputSchema(card, max_rows=max_rows, frame_columns=frame_columns)
-    model = LoadedModel(card=card, estimator=estimator, inputs=inputs)
-    # Predict the example once: a version that cannot answer its own example never serves
-    # (so a bad rollout never turns ready), and the answer becomes the docs' response example.
-    try:
-        rows = inputs.validate_rows(inputs.example["instances"], loc=("example",))
-    except InvalidInput as exc:
-        raise ArtifactRefused(f"the card's example fails its own schema: {exc.detail}") from exc
-    try:
-        example_response = predict(model, rows, observe=False)
-    except (InferenceError, InvalidInput) as exc:
-        raise ArtifactRefused(f"the model cannot predict its example: {exc.detail}") from exc
-    return replace(model, example_response=example_response.model_dump(mode="json"))
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """Every version of one model name found in the store."""
-
-    name: str
-    versions: dict[int, LoadedModel] = field(default_factory=dict)
-    unavailable: dict[int, str] = field(default_factory=dict)
-    traffic: TrafficSplit | None = None
-
-    def route(self, session: str) -> int | None:
-        """The version a client session is pinned to by the traffic split.
-
-        A hash of model name and session picks a point in [0, 1) and the weights divide that
-        interval: the same session always lands on the same version, in every worker and
-        replica, with no shared state. Versions not being served are left out of the split.
-        """
-        weighted = self._weighted
-        if not weighted:
-            return self.default_version
-        digest = hashlib.sha256(f"{self.name}\0{session}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") / 2**64 * sum(w for _, w in weighted)
-        for version, weight in weighted:
-            point -= weight
-            if point < 0:
-                return version
-        return weighted[-1][0]
-
-    @cached_property
-    def _weighted(self) -> list[tuple[int, float]]:
-        """The split's served versions with their (positive) weights, in version order."""
-        if self.traffic is None:
-            return []
-        return [
-            (v, w) for v, w in sorted(self.traffic.weights.items()) if v in self.versions and w > 0
-        ]
-
-    @property
-    def split(self) -> bool:
-        """Whether unpinned traffic is shared between two or more served versions."""
-        return len(self._weighted) > 1
-
-    @property
-    def default_version(self) -> int | None:
-        """The version served when none is pinned: the heaviest in the traffic split, else the newest."""
-        if not self.versions:
-            return None
-        if self.traffic is not None:
-            weighted = [(w, v) for v, w in self.traffic.weights.items() if v in self.versions]
-            if weighted:
-                return max(weighted)[1]
-        return max(self.versions)
-
-
-@dataclass(frozen=True)
-class StoreSnapshot:
-    entries: dict[str, ModelEntry]
-    problems: dict[str, str]  # "name/version" (or a path) -> why it is not served
-
-
-def scan_store(
-    model_dir: Path,
-    *,
-    max_rows: int,
-    trusted_types: list[str],
-    on_load: Sequence[LoadHook] = (),
-) -> StoreSnapshot:
-    """Load every version in the store. Each loaded version is handed to the `on_load` hooks
-    (e.g. batching, which attaches a runner) before anything can serve it."""
-    if not model_dir.is_dir():
-        reason = (
-            "is not a directory" if model_dir.exists() else "model store directory does not exist"
-        )
-        return StoreSnapshot(entries={}, problems={str(model_dir): reason})
-    entries: dict[str, ModelEntry] = {}
-    problems: dict[str, str] = {}
-    model_paths = []
-    for path in sorted(p for p in model_dir.iterdir() if not p.name.startswith(".")):
-        if path.is_dir():
-            model_paths.append(path)
-        elif path.is_symlink():  # a model folder whose link target is gone must not vanish silently
-            problems[path.name] = "broken symlink: its target does not exist"
-    for model_path in model_paths:
-        name = model_path.name
-        if not re.fullmatch(MODEL_NAME_PATTERN, name):
-            problems[name] = f"invalid model name (must match {MODEL_NAME_PATTERN})"
-            continue
-        entry = ModelEntry(name=name)
-        for version_path in sorted(p for p in model_path.iterdir() if p.is_dir()):
-            if version_path.name.startswith("."):
-                continue  # e.g. a version being written by `modelport import`
-            if not re.fullmatch(r"[1-9][0-9]*", version_path.name):
-                logger.warning(
-                    "ignoring %s: version folders are positive integers (1, 2, ...)", version_path
-                )
-                continue
-            version = int(version_path.name)
-            started = time.perf_counter()
-            try:
-                model = load_version(
-                    version_path,
-                    name=name,
-                    version=version,
-                    max_rows=max_rows,
-                    trusted_types=trusted_types,
-                )
-                for hook in on_load:
-                    hook(model)
-                entry.versions[version] = model
-            except ArtifactRefused as exc:
-                entry.unavailable[version] = str(exc)
-                problems[f"{name}/{version}"] = str(exc)
-            except Exception as exc:  # one broken version must never stop the others loading
-                logger.exception("unexpected error loading %s", version_path)
-                entry.unavailable[version] = f"cannot load: {type(exc).__name__}: {exc}"
-                problems[f"{name}/{version}"] = entry.unavailable[version]
-            MODEL_LOADED.labels(name, str(version)).set(1 if version in entry.versions else 0)
-            MODEL_LOAD_SECONDS.labels(name, str(version)).set(time.perf_counter() - started)
-        traffic_path = model_path / TRAFFIC_FILE
-        if traffic_path.is_file():
-            try:
-                traffic = TrafficSplit.model_validate_json(traffic_path.read_bytes())
-            except ValidationError as exc:
-                problems[f"{name}/{TRAFFIC_FILE}"] = f"invalid: {exc.errors()[0]['msg']}"
-            else:
-                missing = sorted(set(traffic.weights) - set(entry.versions))
-                if missing:
-                    problems[f"{name}/{TRAFFIC_FILE}"] = (
-                        f"names versions not being served: {missing}"
-                    )
-                entry = ModelEntry(name, entry.versions, entry.unavailable, traffic)
-        if entry.versions or entry.unavailable:
-            entries[name] = entry
-    return StoreSnapshot(entries=entries, problems=problems)
 
 
 class ModelRegistry:
@@ -229,31 +50,80 @@ class ModelRegistry:
         max_rows: int,
         trusted_types: list[str] | None = None,
         on_load: Sequence[LoadHook] = (),
+        version_policy: VersionPolicy = "refuse",
+        only: str | None = None,
     ) -> None:
+        """`only`: load that one model's versions, not the whole store (`modelport score`)."""
         self.model_dir = model_dir
+        self.version_policy = version_policy
+        self.only = only
         self.max_rows = max_rows
         self.trusted_types = list(trusted_types or [])
         self.on_load = tuple(on_load)
+        # Models left unloaded on purpose by the repository API (app.serving.repository): the
+        # next `load` or `refresh` lists their versions without loading them.
+        self.unloaded: frozenset[str] = frozenset()
         self._snapshot = StoreSnapshot(entries={}, problems={"store": "not loaded yet"})
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one scan at a time
         self.generation = 0
         self._loaded = False
 
     def load(self) -> StoreSnapshot:
-        snapshot = scan_store(
-            self.model_dir,
-            max_rows=self.max_rows,
-            trusted_types=self.trusted_types,
-            on_load=self.on_load,
-        )
+        """Scan the whole store and swap the new snapshot in."""
+        with self._loading:
+            snapshot = scan_store(
+                self.model_dir,
+                max_rows=self.max_rows,
+                trusted_types=self.trusted_types,
+                on_load=self.on_load,
+                unloaded=self.unloaded,
+                version_policy=self.version_policy,
+                only=self.only,
+            )
+            return self._swap(snapshot, snapshot)
+
+    def refresh(self, names: Collection[str]) -> StoreSnapshot:
+        """Rescan only these model folders (loading, or unloading, those models); every other
+        model keeps the versions it has. The whole store is scanned when none is loaded yet."""
+        with self._loading:
+            current = self._snapshot
+            if not self._loaded or not self.model_dir.is_dir():
+                scanned = scan_store(
+                    self.model_dir,
+                    max_rows=self.max_rows,
+                    trusted_types=self.trusted_types,
+                    on_load=self.on_load,
+                    unloaded=self.unloaded,
+                    version_policy=self.version_policy,
+                    only=self.only,
+                )
+                return self._swap(scanned, scanned)
+            names = set(names)
+            rescanned = [
+                scan_model(
+                    self.model_dir / name,
+                    max_rows=self.max_rows,
+                    trusted_types=self.trusted_types,
+                    on_load=self.on_load,
+                    unloaded=name in self.unloaded,
+                    version_policy=self.version_policy,
+                )
+                for name in sorted(names)
+            ]
+            return self._swap(merged([without(current, names), *rescanned]), merged(rescanned))
+
+    def _swap(self, snapshot: StoreSnapshot, scanned: StoreSnapshot) -> StoreSnapshot:
         with self._lock:
             self._snapshot = snapshot
             self.generation += 1
             self._loaded = True
-        for entry in snapshot.entries.values():
+        for entry in scanned.entries.values():
             for version in sorted(entry.versions):
                 logger.info("loaded model %s v%d", entry.name, version)
-        for where, reason in snapshot.problems.items():
+        for name in scanned.unloaded:
+            logger.info("left model %s unloaded (repository API)", name)
+        for where, reason in scanned.problems.items():
             logger.error("refused %s: %s", where, reason)
         return snapshot
 
@@ -272,16 +142,29 @@ class ModelRegistry:
         return dict(self._snapshot.problems)
 
     @property
+    def snapshot(self) -> StoreSnapshot:
+        return self._snapshot
+
+    @property
     def ready(self) -> bool:
+        """Every model in the store loaded, and at least one model there. A model unloaded on
+        purpose counts as one: unloading is no failure."""
         snapshot = self._snapshot
-        return not snapshot.problems and any(entry.versions for entry in snapshot.entries.values())
+        return not snapshot.problems and (
+            any(entry.versions for entry in snapshot.entries.values()) or bool(snapshot.unloaded)
+        )
 
     def entries(self) -> list[ModelEntry]:
         return list(self._snapshot.entries.values())
 
     def entry(self, name: str) -> ModelEntry:
-        found = self._snapshot.entries.get(name)
+        snapshot = self._snapshot
+        found = snapshot.entries.get(name)
         if found is None:
+            if name in snapshot.unloaded:
+                raise ModelNotFound(
+                    f"Model {name!r} is unloaded (repository API): load it again to serve it"
+                )
             raise ModelNotFound(f"Model {name!r} not found")
         return found
 

@@ -158,6 +158,7 @@ class InputSchema:
         instances: Any = Annotated[list[instance], Field(min_length=1, max_length=max_rows)]
         request = _typed_dict(f"{self.prefix}PredictionRequest", {"instances": instances})
         self._adapter: TypeAdapter[dict[str, list[Any]]] = TypeAdapter(request)
+        self.instance_type = instance  # one row: for requests with rows and more (explanations)
         self._rows_adapter: TypeAdapter[list[Any]] = TypeAdapter(instances, config=_STRICT)
         text_record = _typed_dict(
             f"{self.prefix}TextRecord", dict(zip(self.feature_names, types, strict=True)), _TEXT
@@ -182,9 +183,9 @@ class InputSchema:
         try:
             parsed = self._adapter.validate_json(body)
         except ValidationError as exc:
-            raise self._translate(exc, prefix=()) from exc
-        _refuse_duplicate_keys(body)
-        return self._ordered(parsed["instances"])
+            raise self.translate(exc, prefix=()) from exc
+        refuse_duplicate_keys(body)
+        return self.ordered(parsed["instances"])
 
     def validate_matrix(self, matrix: Matrix) -> Matrix | None:
         """Check a float64 matrix of rows in one vectorised pass: the matrix if every cell is
@@ -238,8 +239,8 @@ class InputSchema:
         try:
             parsed = self._rows_adapter.validate_python(rows)
         except ValidationError as exc:
-            raise self._translate(exc, prefix=loc) from exc
-        return self._ordered(parsed)
+            raise self.translate(exc, prefix=loc) from exc
+        return self.ordered(parsed)
 
     def validate_text_records(
         self, records: Sequence[dict[str, str]], *, loc: tuple[str, ...], first_index: int = 0
@@ -260,9 +261,11 @@ class InputSchema:
                     else [*loc, index, *rest]
                 )
             raise InvalidInput(cleaned) from exc
-        return self._ordered(parsed)
+        return self.ordered(parsed)
 
-    def _translate(self, exc: ValidationError, *, prefix: tuple[str, ...]) -> Exception:
+    def translate(self, exc: ValidationError, *, prefix: tuple[str, ...]) -> Exception:
+        """A validation failure as the service's error: malformed JSON, too many rows, or the
+        offending cells (locations under `prefix`)."""
         errors = exc.errors(include_url=False)
         if any(error["type"] == "json_invalid" for error in errors):
             messages = "; ".join(
@@ -277,7 +280,7 @@ class InputSchema:
             issue["loc"] = [*prefix, *issue["loc"]]
         return InvalidInput(cleaned)
 
-    def _ordered(self, instances: list[Any]) -> list[Row]:
+    def ordered(self, instances: list[Any]) -> list[Row]:
         names = self.feature_names
         return [
             tuple(item[name] for name in names) if isinstance(item, dict) else item
@@ -349,7 +352,7 @@ def number_rows(
     return np.frombuffer(cells, dtype=np.float64).reshape(-1, width)
 
 
-def _refuse_duplicate_keys(body: bytes) -> None:
+def refuse_duplicate_keys(body: bytes) -> None:
     """Refuse objects with a repeated key (I-JSON, RFC 7493) rather than silently keep the last.
 
     The JSON parser behind validation keeps the last, so an exact check needs a second parse.

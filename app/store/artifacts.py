@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
 from pydantic import ValidationError
+from sklearn.exceptions import InconsistentVersionWarning
 
 from schemas.cards import ModelCard
 
@@ -50,9 +52,19 @@ def read_card(version_dir: Path) -> ModelCard:
         raise ArtifactRefused(f"invalid {CARD_FILE}: {problems}") from exc
 
 
-def load_estimator(path: Path, *, trusted_types: list[str]) -> Any:
+@dataclass(frozen=True)
+class LoadedArtifact:
+    estimator: Any
+    # scikit-learn versions named by InconsistentVersionWarning: the pickled estimators' own
+    # record of the version that saved them, whatever the card says.
+    saved_with: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # every warning raised while loading, as text
+
+
+def load_estimator(path: Path, *, trusted_types: list[str]) -> LoadedArtifact:
     """Load an artifact. `.skops` files go through skops' trusted-types check: a file naming a
-    type that is neither a skops default nor in `trusted_types` is refused, never executed."""
+    type that is neither a skops default nor in `trusted_types` is refused, never executed.
+    Warnings raised while loading are caught (never lost, never raised) and returned."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if path.suffix == ".skops":
@@ -65,9 +77,17 @@ def load_estimator(path: Path, *, trusted_types: list[str]) -> Any:
             estimator = skops.io.load(path, trusted=untrusted)
         else:
             estimator = joblib.load(path)
-    for warning in caught:
-        logger.warning("loading %s: %s", path, warning.message)
-    return estimator
+    saved_with = sorted(
+        {
+            str(w.message.original_sklearn_version)
+            for w in caught
+            if isinstance(w.message, InconsistentVersionWarning)
+        }
+    )
+    texts = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    for text in texts:
+        logger.warning("loading %s: %s", path, text)
+    return LoadedArtifact(estimator, tuple(saved_with), texts)
 
 
 def check_against_card(estimator: Any, card: ModelCard) -> None:

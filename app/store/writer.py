@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import joblib
-import sklearn
 from pydantic import ValidationError
 
 from app.store.artifacts import CARD_FILE, TRAFFIC_FILE, sha256_of
+from app.store.versions import runtime_versions
 from schemas.cards import (
     ModelCard,
     TrafficSplit,
@@ -48,8 +48,8 @@ def write_version(
     """Save a fitted `estimator` as `<model_dir>/<name>/<version>/<artifact>` with its card.
 
     `card_fields` are the ModelCard fields except `artifact` and `sha256`, which come from the
-    file written; `sklearn_version` and `created_at` default to the running version and now.
-    An existing version is refused unless `replace`.
+    file written; the library versions default to the running ones (the artifact is made
+    here) and `created_at` to now. An existing version is refused unless `replace`.
     """
 
     def dump(path: Path) -> None:
@@ -61,7 +61,8 @@ def write_version(
             # Uncompressed, so the registry can memory-map the arrays instead of copying them.
             joblib.dump(estimator, path)
 
-    return write_artifact_version(model_dir, card_fields, artifact, dump, replace=replace)
+    fields = runtime_versions() | card_fields
+    return write_artifact_version(model_dir, fields, artifact, dump, replace=replace)
 
 
 def write_artifact_version(
@@ -76,8 +77,10 @@ def write_artifact_version(
         raise ValueError(
             "artifact and sha256 are filled in from the written file; do not pass them"
         )
-    fields = {"sklearn_version": sklearn.__version__, "created_at": datetime.now(UTC)}
-    fields |= card_fields
+    """Write a version whose artifact `put_artifact` puts at the path it is given. The card
+    fields must name the library versions the artifact was made with (`sklearn_version` at
+    least); `created_at` defaults to now."""
+    fields = {"created_at": datetime.now(UTC)} | card_fields
     # Validate with a placeholder digest first, so a bad card fails before anything is written.
     draft = _validated_card({**fields, "artifact": artifact, "sha256": "0" * 64})
     model_path = model_dir / draft.name

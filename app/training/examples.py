@@ -13,17 +13,20 @@ from typing import Any, Literal
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from app.store.artifacts import CARD_FILE, TRAFFIC_FILE
+from app.store.reference import reference_stats
 from app.store.writer import Task, write_traffic, write_version
+from app.training.tables import metrics_of
 from schemas.cards import (
+    Evaluation,
     FeatureSpec,
     FeatureValue,
     ModelCard,
+    ModelSource,
     TargetSpec,
 )
 
@@ -36,6 +39,7 @@ class _Dataset:
     y: Any
     features: list[FeatureSpec]
     target: TargetSpec
+    origin: str  # the scikit-learn loader it comes from
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def _iris() -> _Dataset:
         for i, (name, description) in enumerate(columns.items())
     ]
     target = TargetSpec(name="species", description="Iris species")
-    return _Dataset(data.data, data.target_names[data.target], features, target)
+    return _Dataset(data.data, data.target_names[data.target], features, target, "load_iris")
 
 
 def _snake_case(text: str) -> str:
@@ -107,7 +111,9 @@ def _breast_cancer() -> _Dataset:
         for i, raw in enumerate(data.feature_names)
     ]
     target = TargetSpec(name="diagnosis", description="Tumour diagnosis")
-    return _Dataset(data.data, data.target_names[data.target], features, target)
+    return _Dataset(
+        data.data, data.target_names[data.target], features, target, "load_breast_cancer"
+    )
 
 
 _DIABETES_DESCRIPTIONS = {
@@ -134,7 +140,7 @@ def _diabetes() -> _Dataset:
         name="disease_progression",
         description="Quantitative measure of disease progression one year after baseline",
     )
-    return _Dataset(data.data, data.target, features, target)
+    return _Dataset(data.data, data.target, features, target, "load_diabetes")
 
 
 def _digits() -> _Dataset:
@@ -154,7 +160,7 @@ def _digits() -> _Dataset:
         for col in range(width)
     ]
     target = TargetSpec(name="digit", description="Handwritten digit 0–9")
-    return _Dataset(data.data, data.target, features, target)
+    return _Dataset(data.data, data.target, features, target, "load_digits")
 
 
 _EXAMPLES: dict[str, _Example] = {
@@ -268,6 +274,9 @@ def _ensure_traffic(model_path: Path, weights: dict[int, float], *, force: bool)
     return f"wrote {model_path.name} {TRAFFIC_FILE} ({shares})"
 
 
+_TEST_SIZE = 0.25
+
+
 def _train_variant(
     model_dir: Path, example: _Example, variant: _Variant, dataset: _Dataset
 ) -> ModelCard:
@@ -275,7 +284,7 @@ def _train_variant(
     X_train, X_test, y_train, y_test = train_test_split(
         dataset.X,
         dataset.y,
-        test_size=0.25,
+        test_size=_TEST_SIZE,
         random_state=0,
         stratify=dataset.y if classifying else None,
     )
@@ -291,29 +300,31 @@ def _train_variant(
         "description": variant.description,
         "input_kind": example.input_kind,
         "image_shape": example.image_shape,
-        "features": dataset.features,
+        # The training split's means: the baseline explanations measure contributions from.
+        "features": [
+            feature.model_copy(update={"observed_mean": float(column.mean())})
+            for feature, column in zip(dataset.features, X_train.T, strict=True)
+        ],
         "target": target,
-        "metrics": _metrics(example.task, y_test, predicted),
+        "metrics": metrics_of(example.task, y_test, predicted),
+        "evaluation": Evaluation(
+            data=f"sklearn.datasets.{dataset.origin}",
+            rows=len(y_test),
+            held_out=True,
+            split=f"train_test_split(test_size={_TEST_SIZE}, random_state=0"
+            + (", stratified by class)" if classifying else ")"),
+        ),
+        "source": ModelSource(kind="bundled", location=f"sklearn.datasets.{dataset.origin}"),
+        "reference": reference_stats(
+            {feature.name: X_train[:, i] for i, feature in enumerate(dataset.features)},
+            dataset.features,
+        ),
         "example": [
             _plain(value, feature)
             for value, feature in zip(X_test[0], dataset.features, strict=True)
         ],
     }
     return write_version(model_dir, fields, estimator, replace=True)
-
-
-def _metrics(task: Task, expected: Any, predicted: Any) -> dict[str, float]:
-    if task == "classification":
-        scores = {
-            "accuracy": accuracy_score(expected, predicted),
-            "f1_macro": f1_score(expected, predicted, average="macro"),
-        }
-    else:
-        scores = {
-            "r2": r2_score(expected, predicted),
-            "mae": mean_absolute_error(expected, predicted),
-        }
-    return {metric: round(float(value), 4) for metric, value in scores.items()}
 
 
 def _plain(value: Any, feature: FeatureSpec) -> FeatureValue:

@@ -136,6 +136,24 @@ def test_bulk_requests_answered_every_row(quick_run: tuple[Path, dict[str, Any]]
     assert timings["modelport_csv"]["target"] is not None
 
 
+def test_stream_answered_every_row_in_order(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    output, results = quick_run
+    stream = results["stream"]
+    assert stream["model"] == "breast-cancer"
+    assert stream["rows"] == stream["rows_answered"] >= 50_000
+    assert stream["in_order"] and stream["problem"] is None
+    assert stream["rss_samples"] > 0 and 0 < stream["rss_before_mb"] <= stream["rss_max_mb"]
+    assert stream["rows_per_s"] > 0 and stream["predict_rows_per_s"] > 0
+    assert {(check["bound"], check["direction"]) for check in stream["targets"]} == {
+        (150.0, "at_most"),
+        (0.7, "at_least"),
+    }
+    assert (
+        "rows streamed to breast-cancer in one request (issue 21)"
+        in (output / "latest.md").read_text()
+    )
+
+
 def test_memory_section_is_sane(quick_run: tuple[Path, dict[str, Any]]) -> None:
     _, results = quick_run
     memory = results["memory"]
@@ -198,3 +216,23 @@ def test_overload_scenario_ran(quick_run: tuple[Path, dict[str, Any]]) -> None:
         "5xx other than 504",
     ]
     assert "### Overload: the breast-cancer forest" in (output / "latest.md").read_text()
+
+
+def test_explain_section_checks_issue_19s_targets(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    output, results = quick_run
+    explain = results["explain"]
+    for key in ("explain", "predict", "without_logging", "with_logging"):
+        assert explain[key], key
+        for run in explain[key]:
+            assert run["requests"] > 0, key
+            assert run["non_2xx"] == 0 and run["socket_errors"] == 0, (key, run)
+    # Every request to the logging server was logged (warm-up and readiness probes included).
+    assert explain["logged_records"] >= sum(run["requests"] for run in explain["with_logging"])
+    found = {
+        (check["description"], check["bound"], check["direction"]) for check in explain["targets"]
+    }
+    assert found == {
+        ("forest explain p50 ≤ 3× predict p50", 3.0, "at_most"),
+        ("iris throughput with payload logging ≥ 0.9× without", 0.9, "at_least"),
+    }
+    assert "### Explanations and payload logging" in (output / "latest.md").read_text()

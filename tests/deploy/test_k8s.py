@@ -22,6 +22,7 @@ Doc = dict[str, Any]
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 KUSTOMIZATIONS = {"base": K8S / "base", "overlay": K8S / "overlays" / "example"}
 KSERVE_EXAMPLE = K8S / "kserve" / "inferenceservice.yaml"
+KSERVE_GRPC_EXAMPLE = K8S / "kserve" / "inferenceservice-grpc.yaml"
 
 # The oldest Kubernetes release the manifests target and the newest schema kubernetes-validate
 # bundles. Fixed on purpose: the package's "latest" moves with every upgrade.
@@ -30,6 +31,7 @@ KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 # The image's non-root user and the port it listens on.
 IMAGE_UID = 10001
 CONTAINER_PORT = 8000
+GRPC_PORT = 8081
 OVERLAY_NAMESPACE = "ml-serving"
 
 
@@ -220,18 +222,21 @@ def test_validator_rejects_unknown_api_versions(rendered: dict[str, list[Doc]]) 
 def test_probes(rendered: dict[str, list[Doc]], variant: str) -> None:
     container = _container(rendered[variant])
     paths = {}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         http_get = container[probe]["httpGet"]
         assert _container_port(container, http_get["port"]) == CONTAINER_PORT
         paths[probe] = http_get["path"]
     # Readiness reflects the models; liveness never does, or a refused model would restart-loop
     # the pod. The startup probe kills the container when it fails, just like liveness, so it
-    # checks that the server answers (models loaded, or refused) rather than /readyz.
-    assert paths == {
-        "startupProbe": "/healthz",
-        "readinessProbe": "/readyz",
-        "livenessProbe": "/healthz",
-    }
+    # checks that the server answers (models loaded, or refused) rather than readiness.
+    assert paths == {"startupProbe": "/healthz", "livenessProbe": "/healthz"}
+    # Readiness by gRPC health checking: the server's own service name (""), SERVING once every
+    # model loaded (as /readyz), on the port the gRPC service listens on.
+    readiness = container["readinessProbe"]
+    assert set(readiness) & {"httpGet", "tcpSocket", "exec", "grpc"} == {"grpc"}
+    assert readiness["grpc"].get("service", "") == ""
+    assert _container_port(container, readiness["grpc"]["port"]) == GRPC_PORT
+    assert int(_env_value(container, "MODELPORT_GRPC_PORT")) == GRPC_PORT
     startup = container["startupProbe"]
     budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
     assert budget >= 120, "the startup probe must leave time to load every model"
@@ -336,13 +341,17 @@ def test_selectors_match_the_pods(rendered: dict[str, list[Doc]], variant: str) 
 
 
 @VARIANTS
-def test_service_targets_the_container_port(rendered: dict[str, list[Doc]], variant: str) -> None:
+def test_service_targets_the_container_ports(rendered: dict[str, list[Doc]], variant: str) -> None:
     service = _one(rendered[variant], "Service")
     assert service["spec"]["type"] == "ClusterIP"
-    (port,) = service["spec"]["ports"]
-    assert port["name"] == "http" and port["port"] == 80
-    target = port.get("targetPort", port["port"])
-    assert _container_port(_container(rendered[variant]), target) == CONTAINER_PORT
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert sorted(ports) == ["grpc", "http"]
+    container = _container(rendered[variant])
+    for name, number, target in (("http", 80, CONTAINER_PORT), ("grpc", GRPC_PORT, GRPC_PORT)):
+        port = ports[name]
+        assert port["port"] == number
+        assert _container_port(container, port.get("targetPort", port["port"])) == target
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"  # gRPC: HTTP/2 without TLS
 
 
 def test_overlay_sets_namespace_image_and_secret(rendered: dict[str, list[Doc]]) -> None:
@@ -383,18 +392,24 @@ KSERVE_COMPONENT_FIELDS = {
 }
 
 
-def _kserve_example() -> Doc:
-    (doc,) = _load_all(KSERVE_EXAMPLE.read_text())
+def _kserve_example(path: Path = KSERVE_EXAMPLE) -> Doc:
+    (doc,) = _load_all(path.read_text())
     return doc
+
+
+def _kserve_container(isvc: Doc) -> Doc:
+    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert isvc["kind"] == "InferenceService"
+    containers: list[Doc] = isvc["spec"]["predictor"]["containers"]
+    (container,) = containers
+    assert container["name"] == "kserve-container"
+    assert container["image"].split(":")[0].endswith("modelport")
+    return container
 
 
 def test_kserve_example_is_a_v2_custom_predictor() -> None:
     isvc = _kserve_example()
-    assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
-    assert isvc["kind"] == "InferenceService"
-    (container,) = isvc["spec"]["predictor"]["containers"]
-    assert container["name"] == "kserve-container"
-    assert container["image"].split(":")[0].endswith("modelport")
+    container = _kserve_container(isvc)
     # A custom predictor declares its protocol with the PROTOCOL variable.
     assert _env_value(container, "PROTOCOL") == "v2"
     assert int(_env_value(container, "MODELPORT_PORT")) == CONTAINER_PORT
@@ -408,10 +423,22 @@ def test_kserve_example_is_a_v2_custom_predictor() -> None:
         _validate(isvc, KUBERNETES_VERSIONS[-1])
 
 
+def test_kserve_grpc_example_exposes_the_grpc_port() -> None:
+    container = _kserve_container(_kserve_example(KSERVE_GRPC_EXAMPLE))
+    assert _env_value(container, "PROTOCOL") == "grpc-v2"
+    # KServe exposes one port of a predictor: the gRPC one, named for the protocol.
+    (port,) = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("grpc-port", GRPC_PORT)
+    assert int(_env_value(container, "MODELPORT_GRPC_PORT")) == GRPC_PORT
+    assert container["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+@pytest.mark.parametrize("example", [KSERVE_EXAMPLE, KSERVE_GRPC_EXAMPLE], ids=["rest", "grpc"])
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_kserve_example_pod_part_validates_strictly(version: str) -> None:
+def test_kserve_example_pod_part_validates_strictly(example: Path, version: str) -> None:
     # The predictor inlines a PodSpec: validate that part strictly, as a Pod.
-    predictor = _kserve_example()["spec"]["predictor"]
+    predictor = _kserve_example(example)["spec"]["predictor"]
     pod_spec = {
         key: value for key, value in predictor.items() if key not in KSERVE_COMPONENT_FIELDS
     }

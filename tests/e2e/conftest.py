@@ -1,5 +1,6 @@
 """End-to-end fixtures: a real `modelport serve` (gunicorn + uvicorn workers) on a free loopback port."""
 
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,9 @@ import joblib
 import pytest
 
 from tests.conftest import fit_pets_pipeline
+from tests.e2e.container import Podman, missing_requirements
+
+logger = logging.getLogger(__name__)
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -95,8 +99,12 @@ def read_reply(conn: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-def start_server(store: Path, log: Path, **settings: str) -> Server:
-    port = free_port()
+def start_server(
+    store: Path, log: Path, *, port: int | str | None = None, **settings: str
+) -> Server:
+    """`port`: one chosen beforehand (a scraper configured before the server starts); else a
+    free one. (Typed to accept a string too, so callers may pass on `**settings` of strings.)"""
+    port = int(port) if port else free_port()
     env = {
         **os.environ,
         "MODELPORT_HOST": "127.0.0.1",
@@ -162,6 +170,28 @@ def server(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     running = start_server(trained_store, tmp_path_factory.mktemp("logs") / "serve.log")
     yield running
     stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    """The product image, built once per session from a local Debian base with wheels from the
+    host, for every test that runs it (test_container, test_kube_play); all storage removed
+    afterwards."""
+    if missing := missing_requirements():
+        reason = "cannot build the container image here; needs " + "; ".join(missing)
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)  # CI installs these (.ci/run): never skip there
+        pytest.skip(reason)
+    podman = Podman(tmp_path_factory.mktemp("container"))
+    try:
+        podman.import_base()
+        podman.build(podman.build_context())
+        yield podman
+    finally:
+        with podman.timed("teardown"):
+            podman.remove()
+        steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in podman.durations.items())
+        logger.info("container steps: %s", steps)
 
 
 SUMMARY = "summary"  # a test's `record_property(SUMMARY, ...)` lines are shown after the run

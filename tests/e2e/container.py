@@ -86,6 +86,26 @@ def run(
     return result
 
 
+def containers_conf(workdir: Path) -> str:
+    """Defaults for what podman starts without command-line flags (a pod's infra container, the
+    network `kube play` creates)."""
+    return f"""\
+[containers]
+# Without them a container fails to start here ("error setting rlimit type 7"); `podman run`
+# gets the same as --ulimit flags.
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+
+[network]
+# Rootful podman keeps networks in /etc/containers/networks: this keeps the one kube play
+# creates with the rest of the state, removed afterwards.
+network_config_dir = "{workdir / "networks"}"
+"""
+
+
 @dataclass
 class Podman:
     """Rootful podman whose storage, run state and temporary files all live under `workdir`."""
@@ -96,11 +116,16 @@ class Podman:
 
     def __post_init__(self) -> None:
         (self.workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "containers.conf").write_text(containers_conf(self.workdir))
 
     @property
     def env(self) -> dict[str, str]:
         # Image copies and build contexts go to $TMPDIR (else /var/tmp): keep them here too.
-        return {**os.environ, "TMPDIR": str(self.workdir / "tmp")}
+        return {
+            **os.environ,
+            "TMPDIR": str(self.workdir / "tmp"),
+            "CONTAINERS_CONF": str(self.workdir / "containers.conf"),
+        }
 
     def argv(self, *args: str) -> list[str]:
         return [
@@ -211,9 +236,9 @@ class Podman:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def start(self, name: str, port: int) -> None:
+    def start(self, name: str, port: int, grpc_port: int) -> None:
         """Run the image as Kubernetes would: read-only root, tmpfs /tmp and /dev/shm; on the host
-        network, bound to loopback only."""
+        network, bound to loopback only, on ports of its own (gRPC's too)."""
         with self.timed("podman run"):
             self(
                 "run", "--detach", "--name", name,
@@ -221,6 +246,7 @@ class Podman:
                 "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
                 "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm",
                 "--env", "MODELPORT_HOST=127.0.0.1", "--env", f"MODELPORT_PORT={port}",
+                "--env", f"MODELPORT_GRPC_PORT={grpc_port}",
                 IMAGE,
                 timeout=300,
             )  # fmt: skip
@@ -248,7 +274,8 @@ class Podman:
         raise RuntimeError(f"{name} not ready within {timeout} s:\n{_tail(self.logs(name))}")
 
     def remove(self) -> None:
-        """Remove every container and all storage (several GB with vfs)."""
+        """Remove every pod, every container and all storage (several GB with vfs)."""
+        self("pod", "rm", "--all", "--force", "--time", "0", check=False, timeout=120)
         names = self("ps", "--all", "--format", "{{.Names}}", check=False).stdout.split()
         for name in names:
             self("rm", "--force", "--time", "0", name, check=False, timeout=60)
@@ -285,6 +312,7 @@ class Container:
     podman: Podman
     name: str
     url: str
+    grpc_port: int
 
     def exec(self, *argv: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
         options = ["--user", user] if user else []

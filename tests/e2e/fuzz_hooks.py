@@ -32,3 +32,15 @@ def filter_failure(ctx: HookContext, failure: Failure, case: Case[Any], response
         and phase.scenario == CoverageScenario.OBJECT_UNEXPECTED_PROPERTIES
         and phase.parameter_location == ParameterLocation.HEADER
     )
+
+
+@schemathesis.deserializer("text/csv", "application/x-ndjson")
+def stream_reply(ctx: DeserializationContext, response: Response) -> str:
+    """A stream's reply (`POST /models/{model_name}/predict/stream`, and the file route's CSV) is
+    documented as a string of CSV or NDJSON lines: read it as one, so it is validated too."""
+    return response.content.decode("utf-8")
+
+
+# A stream's NDJSON body is text, like its CSV body (which schemathesis already sends as the
+# text it generated): send it the same way.
+schemathesis.serializer.alias("application/x-ndjson", "text/plain")

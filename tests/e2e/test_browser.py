@@ -178,6 +178,14 @@ def test_swagger_try_it_out_with_each_models_example(
         shoot(page, screenshots, "docs-executed")
 
 
+@pytest.mark.parametrize("name", ["breast-cancer", "pets"])
+def test_swagger_explains_each_models_example(page: Page, server: Server, name: str) -> None:
+    open_docs(page, server)
+    body = execute(operation(page, f"/models/{name}/explain"))
+    expect(body).to_contain_text('"contributions"')
+    expect(body).to_contain_text('"base_value"')
+
+
 def test_swagger_file_upload(page: Page, server: Server, tmp_path: Path) -> None:
     flowers = tmp_path / "flowers.csv"
     flowers.write_text(
@@ -221,6 +229,22 @@ def test_form_page_predicts_and_shows_errors(page: Page, server: Server, screens
     error = page.locator("#result.error")
     expect(error).to_contain_text("InvalidInput")
     expect(error).to_contain_text("sepal_length")
+
+
+@pytest.mark.parametrize(("name", "bars"), [("iris", 4), ("breast-cancer", 8)])
+def test_form_page_draws_the_answers_explanation(
+    page: Page, server: Server, screenshots: Path, name: str, bars: int
+) -> None:
+    """After the answer, the page asks the version that gave it to explain it, and draws the
+    largest contributions (all four of iris's, eight of the forest's 30) as inline SVG bars."""
+    page.goto(f"{server.url}/models/{name}/form")
+    page.get_by_role("button", name="Predict").click()
+    why = page.locator("#result #why")
+    expect(why).to_contain_text("Why: contributions to the")
+    expect(why.locator("svg rect.bar")).to_have_count(bars)
+    expect(why.locator("svg text").first).not_to_be_empty()
+    why.scroll_into_view_if_needed()
+    shoot(page, screenshots, f"form-explained-{name}")
 
 
 def test_digits_form_page_reads_an_uploaded_png(page: Page, server: Server, tmp_path: Path) -> None:

@@ -1,25 +1,25 @@
 """The product image: hadolint-clean, built offline with podman, run as Kubernetes would run it
-(read-only root, tmpfs /tmp and /dev/shm, non-root), answering, and stopping cleanly on SIGTERM."""
+(read-only root, tmpfs /tmp and /dev/shm, non-root), answering over HTTP and gRPC, and stopping
+cleanly on SIGTERM."""
 
 import json
-import logging
-import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.conftest import free_port
-from tests.e2e.container import IMAGE, REPO, Container, Podman, missing_requirements
+from tests.e2e.container import IMAGE, REPO, Container, Podman
 
-# The first test to use the image waits for debootstrap, wheels and the build (~2 minutes).
+# The first test to use the image (tests/e2e/conftest.py `podman`, built once per session) waits
+# for debootstrap, wheels and the build (~2 minutes).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-
-logger = logging.getLogger(__name__)
 
 APP_UID = 10001
 GRACE_SECONDS = 30  # gunicorn's graceful_timeout (MODELPORT_GRACEFUL_TIMEOUT) is 30 s too
@@ -53,32 +53,11 @@ def test_dockerfile_is_hadolint_clean() -> None:
 
 
 @pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
-    """The image, built from a local Debian base with wheels from the host; all storage removed
-    afterwards."""
-    if missing := missing_requirements():
-        reason = "cannot build the container image here; needs " + "; ".join(missing)
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)  # CI installs these (.ci/run): never skip there
-        pytest.skip(reason)
-    podman = Podman(tmp_path_factory.mktemp("container"))
-    try:
-        podman.import_base()
-        podman.build(podman.build_context())
-        yield podman
-    finally:
-        with podman.timed("teardown"):
-            podman.remove()
-        steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in podman.durations.items())
-        logger.info("container steps: %s", steps)
-
-
-@pytest.fixture(scope="module")
 def container(podman: Podman) -> Iterator[Container]:
     port = free_port()
-    running = Container(podman, "modelport-e2e", f"http://127.0.0.1:{port}")
+    running = Container(podman, "modelport-e2e", f"http://127.0.0.1:{port}", free_port())
     try:
-        podman.start(running.name, port)
+        podman.start(running.name, port, running.grpc_port)
         podman.wait_ready(running.name, running.url)
         yield running
     finally:
@@ -125,6 +104,14 @@ def test_predicts_iris(serving: Container) -> None:
     assert reply.json()["predictions"][0]["label"] == "setosa"
 
 
+def test_serves_grpc_health_checks(serving: Container) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{serving.grpc_port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_every_process_runs_as_the_app_user(serving: Container) -> None:
     listed = serving.exec("python3", "-c", PROCESSES)
     assert listed.returncode == 0, listed.stderr
@@ -160,7 +147,7 @@ def test_image_metadata(serving: Container) -> None:
     assert config["User"] == f"{APP_UID}:{APP_UID}"
     assert config["StopSignal"] == "SIGTERM"
     assert config["WorkingDir"] == "/srv"
-    assert "8000/tcp" in config["ExposedPorts"]
+    assert {"8000/tcp", "8081/tcp"} <= set(config["ExposedPorts"])
     assert {
         "PYTHONUNBUFFERED=1",
         "MODELPORT_HOST=0.0.0.0",

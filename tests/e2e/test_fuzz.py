@@ -14,6 +14,10 @@ The only settings are in tests/e2e/schemathesis.toml, each with its reason.
 - A server with an API key: the examples and some random cases, sent with the key, and the
   `ignored_auth` check re-sending them without it (every prediction operation must say 401).
 
+Neither server lets the fuzz unload a model from under the other operations: repository writes
+are off with no key (the default, 403), and turned off on the keyed server, where the key alone
+would allow them (`MODELPORT_REPOSITORY_WRITES=false`: 403 with the key, 401 without).
+
 A failure's report (curl commands reproducing each case) is the test's failure message; the
 whole output is kept in the test's temporary directory. One schemathesis worker: several
 threads parse Python source concurrently in hypothesis, which Python 3.11's `ast` does not
@@ -185,7 +189,11 @@ def test_with_an_api_key(
     trained_store: Path, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     keyed = start_server(
-        trained_store, tmp_path / "serve.log", log_level="warning", api_key=API_KEY
+        trained_store,
+        tmp_path / "serve.log",
+        log_level="warning",
+        api_key=API_KEY,
+        repository_writes="false",
     )
     try:
         _fuzz(

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from app.access_log import ACCESS_LOG
 from app.config import Settings
-from app.http.middleware.observability import ACCESS_LOG
 from app.main import create_app
 from tests.conftest import build_store
 from tests.routers.test_predict import assert_envelope, strict_json
@@ -529,5 +529,15 @@ def test_openapi_declares_the_key_and_the_prediction_operations_require_it(
         ("/v2/models/line/versions/1/infer", "post"),
     } <= predict_ops
     assert {key: guarded[key] for key in predict_ops} == dict.fromkeys(predict_ops, requirement)
-    open_ops = {key: security for key, security in guarded.items() if key not in predict_ops}
+    # The repository's writes need the key too (authorize_write); its index only reads.
+    repository_writes = {
+        ("/v2/repository/models/{model_name}/load", "post"),
+        ("/v2/repository/models/{model_name}/unload", "post"),
+    }
+    assert {key: guarded[key] for key in repository_writes} == dict.fromkeys(
+        repository_writes, requirement
+    )
+    assert guarded[("/v2/repository/index", "post")] is None
+    keyed_ops = predict_ops | repository_writes
+    open_ops = {key: security for key, security in guarded.items() if key not in keyed_ops}
     assert open_ops and all(security is None for security in open_ops.values()), open_ops

@@ -47,12 +47,12 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
         # Strict: 1.0 is not a shape dimension, 5 is not an id; data elements are checked later.
         request = InferenceRequest.model_validate_json(head, strict=True)
     except ValidationError as exc:
-        raise BadTensor(_schema_message(exc)) from exc
+        raise BadTensor(schema_message(exc)) from exc
     _refuse_duplicate_keys(head)
     return request, tail
 
 
-def _schema_message(exc: ValidationError) -> str:
+def schema_message(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     invalid = [
         error["msg"].removeprefix("Invalid JSON: ")

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from app.codecs.v2.header import parse_request
 from app.codecs.v2.response import response_body
+from app.codecs.v2.rows import timeout_of
 from app.codecs.v2.tensors import request_rows
-from app.errors import BadTensor
 from app.serving.dataplane import Decoded
 from app.serving.model import LoadedModel, ModelOutput
 from schemas.v2 import InferenceRequest
@@ -23,22 +23,6 @@ def infer_request(
         return Decoded(request_rows(model, request, tail), request, timeout_of(request))
 
     return decode
-
-
-def timeout_of(request: InferenceRequest) -> float | None:
-    """The request's `timeout` parameter in seconds, as Triton reads it (its schedule-policy
-    extension): a whole number of microseconds, 0 (or absent) for none. It tightens the
-    request's deadline, never extends it."""
-    value = (request.parameters or {}).get("timeout")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadTensor(
-            f"parameters.timeout must be a whole number of microseconds (0 for none), not {value!r}"[
-                :200
-            ]
-        )
-    return value / 1e6 if value else None
 
 
 def infer_reply(

@@ -13,6 +13,13 @@ from schemas.v2 import Datatype, InferenceRequest
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
+# Server metadata, the same over REST and gRPC.
+SERVER_NAME = "modelport"
+
+
+SERVER_VERSION = "0.1.0"
+
+
 PREDICT = "predict"
 
 

@@ -22,7 +22,7 @@ from app.serving.model import LoadedModel, ModelOutput
 from schemas.v2 import Datatype, InferenceRequest
 
 
-def _predict_values(datatype: Datatype, predictions: np.ndarray[Any, Any]) -> Any:
+def predict_values(datatype: Datatype, predictions: np.ndarray[Any, Any]) -> Any:
     """Labels or values as an array of the datatype (a list of str for BYTES)."""
     if datatype == "BYTES":
         return [str(label) for label in predictions.tolist()]
@@ -30,7 +30,7 @@ def _predict_values(datatype: Datatype, predictions: np.ndarray[Any, Any]) -> An
     return np.ascontiguousarray(np.asarray(predictions).astype(target))
 
 
-def _encode_binary(values: Any) -> bytes:
+def encode_binary(values: Any) -> bytes:
     if isinstance(values, list):  # BYTES
         parts: list[bytes] = []
         for text in values:
@@ -58,7 +58,7 @@ def response_body(
         datatype: Datatype
         if name == PREDICT:
             datatype = label_datatype(model.card)
-            values = _predict_values(datatype, output.predictions)
+            values = predict_values(datatype, output.predictions)
             shape = [rows]
         else:
             assert output.probabilities is not None
@@ -67,7 +67,7 @@ def response_body(
             shape = [rows, int(output.probabilities.shape[1])]
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary if binary is not None else binary_default:
-            raw = _encode_binary(values)
+            raw = encode_binary(values)
             entry["parameters"] = {"binary_data_size": len(raw)}
             parts.append(raw)
         else:

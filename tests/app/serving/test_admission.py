@@ -171,6 +171,32 @@ def test_a_full_queue_refuses_at_once_and_a_large_request_still_enters_an_empty_
     batcher.admit(0, None)  # idle again: admits everything
 
 
+def test_a_streams_piece_is_never_refused_it_waits_behind_a_full_queue(
+    held: LoadedModel,
+) -> None:
+    """A refusal would end a stream of millions of rows: its pieces (`refusable=False`) queue."""
+    batcher = MicroBatcher(held, BatchPolicy(max_queue_rows=3))
+    refused_before = count(REFUSED, **labels(held), reason="queue_full")
+
+    async def scenario() -> list[Any]:
+        running = asyncio.create_task(batcher.predict(rows(1.0)))
+        await entered()
+        queued = asyncio.create_task(batcher.predict(rows(2.0, 3)))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            await batcher.predict(rows(3.0))
+        piece = asyncio.create_task(batcher.predict(rows(4.0, 2), refusable=False))
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 5
+        return list(await released(asyncio.gather(running, queued, piece)))
+
+    results = asyncio.run(scenario())
+
+    assert [len(result) for result in results] == [1, 3, 2]
+    assert SEEN == [1.0] + [2.0] * 3 + [4.0] * 2
+    assert count(REFUSED, **labels(held), reason="queue_full") == refused_before + 1
+
+
 def test_a_deadline_the_predicted_wait_would_outlast_is_refused_at_once(
     held: LoadedModel,
 ) -> None:

@@ -13,7 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from app.errors import InferenceError, InvalidInput
-from app.metrics import BATCH_SIZE
+from app.metrics import BATCH_SIZE, SHARED_BATCHES, TURN_METRICS
 from app.serving.batching import BatchPolicy, MicroBatcher
 from app.serving.model import LoadedModel, ModelOutput, run
 from app.serving.registry import scan_store
@@ -37,6 +37,15 @@ def calls(model: LoadedModel) -> tuple[float, float]:
             if sample.labels == labels and sample.name.endswith("_sum"):
                 sum_ = sample.value
     return count, sum_
+
+
+def counter_value(metric: Any, labels: dict[str, str]) -> float:
+    """A counter's value for these labels (0 before its first increment)."""
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
 
 
 def same(left: ModelOutput, right: ModelOutput) -> None:
@@ -162,6 +171,34 @@ def test_a_cancelled_request_leaves_the_others_served(store: Path) -> None:
         if index != 3:
             assert isinstance(result, ModelOutput)
             same(result, run(model, [(1.0, float(index))]))
+
+
+def test_shared_calls_are_counted_by_the_protocols_they_served(store: Path) -> None:
+    model = loaded(store, "line")
+    batcher = MicroBatcher(model, BatchPolicy())
+
+    def shared(protocols: str) -> float:
+        labels = {"model": "line", "version": "1", "protocols": protocols}
+        return counter_value(SHARED_BATCHES, labels)
+
+    before = shared("grpc+http"), shared("http")
+
+    async def scenario() -> list[ModelOutput]:
+        # The first runs at once; the two queued behind it form one batch of both protocols.
+        return list(
+            await asyncio.gather(
+                batcher.predict([(1.0, 0.0)], transport="http"),
+                batcher.predict([(1.0, 1.0)], transport="http"),
+                batcher.predict([(1.0, 2.0)], transport="grpc"),
+            )
+        )
+
+    results = asyncio.run(scenario())
+    TURN_METRICS.flush()
+
+    for index, result in enumerate(results):
+        same(result, run(model, [(1.0, float(index))]))
+    assert (shared("grpc+http"), shared("http")) == (before[0] + 1, before[1])
 
 
 def test_dataframe_models_batch_their_tuple_rows(store: Path) -> None:

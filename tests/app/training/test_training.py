@@ -11,7 +11,7 @@ from app.cli import main
 from app.serving.registry import scan_store
 from app.store.artifacts import sha256_of
 from app.training.examples import train_examples
-from app.training.importer import import_estimator
+from app.training.importer import ImportOptions, import_estimator
 from schemas.cards import ModelCard
 from tests.conftest import fit_pets_pipeline, flower_data
 
@@ -54,14 +54,14 @@ def test_train_refuses_an_unknown_example(
 def test_import_introspects_a_dataframe_pipeline_with_a_category(tmp_path: Path) -> None:
     source = tmp_path / "pets.joblib"
     joblib.dump(fit_pets_pipeline(), source)
-    card = import_estimator(source, tmp_path / "models", name="pets")
+    card = import_estimator(source, tmp_path / "models", name="pets").card
     assert card.version == 1 and card.task == "classification"
     features = {f.name: f for f in card.features}
     assert features["colour"].dtype == "category"
     assert features["colour"].categories == ["black", "ginger", "white"]
     assert features["weight"].dtype == "float"
     assert card.target.classes == ["cat", "dog"]
-    assert import_estimator(source, tmp_path / "models", name="pets").version == 2
+    assert import_estimator(source, tmp_path / "models", name="pets").card.version == 2
 
 
 def test_import_refuses_bad_names_unfitted_models_and_existing_versions(tmp_path: Path) -> None:
@@ -74,9 +74,9 @@ def test_import_refuses_bad_names_unfitted_models_and_existing_versions(tmp_path
         import_estimator(fitted, store, name="../escape")
     with pytest.raises(ValueError, match="not fitted"):
         import_estimator(unfitted, store, name="flowers")
-    import_estimator(fitted, store, name="flowers", version=3)
+    import_estimator(fitted, store, name="flowers", options=ImportOptions(version=3))
     with pytest.raises(ValueError, match="exists"):
-        import_estimator(fitted, store, name="flowers", version=3)
+        import_estimator(fitted, store, name="flowers", options=ImportOptions(version=3))
     loaded = scan_store(store, max_rows=10, trusted_types=[]).entries["flowers"].versions[3]
     assert [f.name for f in loaded.card.features] == ["x0", "x1", "x2", "x3"]
     assert loaded.estimator.predict(np.asarray(x[:3])).tolist() == y[:3].tolist()

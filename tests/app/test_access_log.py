@@ -1,11 +1,11 @@
-"""The access log (app.http.middleware.observability.AccessLog): one JSON line per request, written once per turn
+"""The access log (app.access_log.AccessLog): one JSON line per request, written once per turn
 of the event loop, in order, and at once when there is no loop."""
 
 import asyncio
 import io
 import json
 
-from app.http.middleware.observability import AccessLog
+from app.access_log import AccessLog
 
 
 class CountingStream(io.StringIO):

@@ -50,7 +50,7 @@ lint: $(STAMP)
 
 test: lint $(KSERVE_STAMP) $(OLDSKLEARN_STAMP) $(NATIVE)
 	KSERVE_PYTHON=$(abspath $(KSERVE_VENV))/bin/python \
-	OLDSKLEARN_PYTHON=$(abspath $(OLDSKLEARN_VENV))/bin/python $(BIN)/pytest
+	OLDSKLEARN_PYTHON=$(abspath $(OLDSKLEARN_VENV))/bin/python $(BIN)/pytest --durations=30
 
 # modelport against the Flask prototype, a naive FastAPI port and two ceilings, then the overload
 # scenario (needs wrk and two cores; ~21 minutes). Trains its models into a temporary store;

@@ -16,7 +16,7 @@ from app.http.dependencies import (
     routed_reply,
     settings_of,
 )
-from app.http.direct_route import DirectRoute
+from app.http.direct_route import add_direct_routes
 from schemas.errors import error_responses
 from schemas.explain import ExplanationRequest, ExplanationResponse
 
@@ -45,23 +45,17 @@ _REQUEST_BODY: dict[str, Any] = {
 
 
 def add_routes(app: FastAPI, *, guard: Sequence[params.Depends]) -> None:
-    """The explanation routes, as `DirectRoute`s on the app's own router like the prediction
-    routes (`guard`: the API-key guard when a key is configured)."""
-    for path, endpoint in (
-        (paths.EXPLAIN, explain_default),
-        (paths.VERSION_EXPLAIN, explain_version),
-    ):
-        app.router.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            tags=["explain"],
-            dependencies=guard,
-            responses=_RESPONSES,
-            openapi_extra=_REQUEST_BODY,
-            response_model=ExplanationResponse,
-            route_class_override=DirectRoute,
-        )
+    """The explanation routes, direct routes like the prediction routes (`guard`: the API-key
+    guard when a key is configured)."""
+    add_direct_routes(
+        app,
+        [(paths.EXPLAIN, explain_default), (paths.VERSION_EXPLAIN, explain_version)],
+        tag="explain",
+        guard=guard,
+        responses=_RESPONSES,
+        openapi_extra=_REQUEST_BODY,
+        response_model=ExplanationResponse,
+    )
 
 
 async def _explain(

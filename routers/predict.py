@@ -15,7 +15,7 @@ from app.http.dependencies import (
     routed_reply,
     settings_of,
 )
-from app.http.direct_route import DirectRoute
+from app.http.direct_route import add_direct_routes
 from schemas.errors import error_responses
 from schemas.predict import PredictionRequest, PredictionResponse
 
@@ -46,25 +46,17 @@ _OPERATION_EXTRA: dict[str, Any] = {
 
 
 def add_routes(app: FastAPI, *, guard: Sequence[params.Depends]) -> None:
-    """The JSON prediction routes, the hot path. They go on the app's own router, ahead of every
-    included router (FastAPI matches an included router's routes twice per request), as
-    `DirectRoute`s (no per-request dependency solving). `guard` is the API-key guard when a key
-    is configured: a route with a dependency takes FastAPI's standard handler."""
-    for path, endpoint in (
-        (paths.PREDICT, predict_default),
-        (paths.VERSION_PREDICT, predict_version),
-    ):
-        app.router.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            tags=["predict"],
-            dependencies=guard,
-            responses=_RESPONSES,
-            openapi_extra=_OPERATION_EXTRA,
-            response_model=PredictionResponse,
-            route_class_override=DirectRoute,
-        )
+    """The JSON prediction routes, the hot path: direct routes (no per-request dependency
+    solving; app.http.direct_route)."""
+    add_direct_routes(
+        app,
+        [(paths.PREDICT, predict_default), (paths.VERSION_PREDICT, predict_version)],
+        tag="predict",
+        guard=guard,
+        responses=_RESPONSES,
+        openapi_extra=_OPERATION_EXTRA,
+        response_model=PredictionResponse,
+    )
 
 
 async def _predict(

@@ -16,10 +16,10 @@ headers, a body) gets FastAPI's standard handler, and so does a DirectRoute incl
 nothing is ever skipped silently. routers/predict.py adds its routes to the app's own router.
 """
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
@@ -99,4 +99,29 @@ class DirectRoute(APIRoute):
             and dependant.response_param_name is None
             and dependant.background_tasks_param_name is None
             and all(not field.field_info.is_required() for field in dependant.cookie_params)
+        )
+
+
+def add_direct_routes(
+    app: FastAPI,
+    endpoints: Sequence[tuple[str, Callable[..., Any]]],
+    *,
+    tag: str,
+    guard: Sequence[params.Depends],
+    **operation: Any,
+) -> None:
+    """POST `endpoints` (path, endpoint) as `DirectRoute`s on the app's own router, ahead of
+    every included router (FastAPI matches an included router's routes twice per request).
+    `guard` is the API-key guard when a key is configured: a route with a dependency takes
+    FastAPI's standard handler. `operation`: the rest of the routes' OpenAPI (responses,
+    openapi_extra, response_model)."""
+    for path, endpoint in endpoints:
+        app.router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            tags=[tag],
+            dependencies=guard,
+            route_class_override=DirectRoute,
+            **operation,
         )
